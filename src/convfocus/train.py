@@ -1,0 +1,379 @@
+"""Training on semi-synthetic defocus: presets, data stream, loop, checkpoints, validation.
+
+Each training example is a random 139 px crop of an in-focus pool patch, blurred
+to a uniformly drawn class (0..29), with Poisson noise and JPEG re-encoding, then
+augmented (dihedral orientation, brightness, contrast, hue, saturation). The crop
+position is the translational jitter; the blur reads the real tissue around the
+crop, so no border is synthetic.
+
+References: Kohlberger et al. 2019 (ConvFocus); Liu et al. 2017 (LYNA augmentation).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from convfocus import MODEL_MPP, NUM_CLASSES, __version__
+from convfocus.defocus import SynthesisConfig, sample_synthesis, synthesize
+from convfocus.errors import ConfigError
+from convfocus.model import build_model
+from convfocus.types import ModelSpec
+
+log = logging.getLogger(__name__)
+
+WINDOW = 139
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Colour and orientation augmentation; defaults are the LYNA maximum deltas.
+
+    References: Liu et al., "Detecting cancer metastases on gigapixel pathology
+    images", 2017 (brightness 64/255, saturation 0.25, hue 0.04, contrast 0.75).
+    """
+
+    brightness: float = 64.0 / 255.0
+    saturation: float = 0.25
+    hue: float = 0.04
+    contrast: float = 0.75
+    dihedral: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. ``preset`` names a row of the paper's Table 2."""
+
+    preset: str = "config4"
+    arch: str = "paper"
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    augment: Augment = field(default_factory=Augment)
+    optimizer: str = "adamw"  # "adamw" (cosine) or "rmsprop" (the paper's settings)
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 64
+    steps: int = 20000
+    warmup_steps: int = 300
+    label_smoothing: float = 0.0
+    val_every: int = 500
+    ckpt_every: int = 250
+    seed: int = 0
+    workers: int = 1
+    reuse: int = 2  # augmented variants drawn from each synthesised patch (jittered crops)
+    jitter: int = 16  # extra pixels around the window for translational jitter between variants
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Table 2: 1 Gaussian only; 2 + Poisson noise; 3 + JPEG; 4 bokeh (ConvFocus); 5 larger net
+    "config1": {"arch": "paper", "synthesis": SynthesisConfig("gaussian", noise=False, jpeg=False)},
+    "config2": {"arch": "paper", "synthesis": SynthesisConfig("gaussian", noise=True, jpeg=False)},
+    "config3": {"arch": "paper", "synthesis": SynthesisConfig("gaussian", noise=True, jpeg=True)},
+    "config4": {"arch": "paper", "synthesis": SynthesisConfig("bokeh")},
+    "config5": {"arch": "large", "synthesis": SynthesisConfig("bokeh")},
+    "config4-linear": {"arch": "paper", "synthesis": SynthesisConfig("bokeh", spacing="linear")},
+    "config4-lite": {"arch": "lite", "synthesis": SynthesisConfig("bokeh")},
+}
+
+
+def preset_config(preset: str, **overrides: Any) -> TrainConfig:
+    """The :class:`TrainConfig` of a named preset, with keyword overrides."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    kw = dict(PRESETS[preset])
+    kw.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(preset=preset, **kw)
+
+
+# --- augmentation ------------------------------------------------------------------------------
+
+
+def augment(rgb: np.ndarray, rng: np.random.Generator, aug: Augment) -> np.ndarray:
+    """Random dihedral orientation, then brightness, saturation, hue, contrast (uint8 in/out)."""
+    x = rgb
+    if aug.dihedral:
+        k = int(rng.integers(0, 4))
+        x = np.rot90(x, k)
+        if rng.random() < 0.5:
+            x = x[:, ::-1]
+    f = np.ascontiguousarray(x, dtype=np.float32) * np.float32(1 / 255)
+    if aug.brightness > 0:
+        f += np.float32(rng.uniform(-aug.brightness, aug.brightness))
+    if aug.saturation > 0 or aug.hue > 0:
+        hsv = cv2.cvtColor(np.clip(f, 0, 1), cv2.COLOR_RGB2HSV)  # H in degrees
+        if aug.hue > 0:
+            hsv[..., 0] = (hsv[..., 0] + rng.uniform(-aug.hue, aug.hue) * 360.0) % 360.0
+        if aug.saturation > 0:
+            hsv[..., 1] *= np.float32(1 + rng.uniform(-aug.saturation, aug.saturation))
+            np.clip(hsv[..., 1], 0, 1, out=hsv[..., 1])
+        f = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    if aug.contrast > 0:
+        m = f.mean(axis=(0, 1), keepdims=True)
+        f = (f - m) * np.float32(1 + rng.uniform(-aug.contrast, aug.contrast)) + m
+    return np.clip(f * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def make_example(
+    patches: np.ndarray,
+    rng: np.random.Generator,
+    synth: SynthesisConfig,
+    aug: Augment | None,
+    cls: int | None = None,
+    index: int | None = None,
+    size: int = WINDOW,
+) -> tuple[np.ndarray, int, float]:
+    """One training example: (``size`` px uint8 RGB, class, blur parameter)."""
+    c = int(rng.integers(0, NUM_CLASSES)) if cls is None else cls
+    i = int(rng.integers(0, len(patches))) if index is None else index
+    p = patches[i]
+    params = sample_synthesis(c, rng, synth)
+    lim = p.shape[0] - size
+    x, y = int(rng.integers(0, lim + 1)), int(rng.integers(0, lim + 1))
+    out = synthesize(p, params, config=synth, crop=(x, y, size))
+    if aug is not None:
+        out = augment(out, rng, aug)
+    return out, c, params.blur
+
+
+class SyntheticStream(torch.utils.data.IterableDataset):
+    """Endless batches of synthetic examples; each worker has its own seeded stream."""
+
+    def __init__(self, patches: np.ndarray, cfg: TrainConfig, start_step: int) -> None:
+        super().__init__()
+        self.patches, self.cfg, self.start_step = patches, cfg, start_step
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        info = torch.utils.data.get_worker_info()
+        wid = 0 if info is None else info.id
+        cv2.setNumThreads(1)
+        rng = np.random.default_rng([self.cfg.seed, self.start_step, wid])
+        n, reuse = self.cfg.batch_size, max(1, self.cfg.reuse)
+        size = WINDOW + self.cfg.jitter
+        while True:
+            xs = np.empty((n, WINDOW, WINDOW, 3), np.uint8)
+            ys = np.empty(n, np.int64)
+            for j in range(0, n, reuse):
+                base, c, _ = make_example(self.patches, rng, self.cfg.synthesis, None, size=size)
+                for k in range(j, min(n, j + reuse)):
+                    x, y = rng.integers(0, self.cfg.jitter + 1, size=2)
+                    xs[k] = augment(base[y : y + WINDOW, x : x + WINDOW], rng, self.cfg.augment)
+                    ys[k] = c
+            perm = rng.permutation(n)
+            yield torch.from_numpy(xs[perm]), torch.from_numpy(ys[perm])
+
+
+def to_input(x_uint8: torch.Tensor, spec_mean=(0.5, 0.5, 0.5), spec_std=(0.5, 0.5, 0.5)):
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float normalised as the ModelSpec says."""
+    x = x_uint8.permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(spec_mean).view(1, 3, 1, 1)
+    std = torch.tensor(spec_std).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+# --- validation --------------------------------------------------------------------------------
+
+
+def validation_set(
+    patches: np.ndarray, synth: SynthesisConfig, *, per_class: int = 40, seed: int = 1234
+) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed synthetic validation set: ``per_class`` examples of every class, no colour
+    augmentation, from held-out source images."""
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for c in range(NUM_CLASSES):
+        for k in range(per_class):
+            img, _, _ = make_example(patches, rng, synth, None, cls=c, index=k % len(patches))
+            xs.append(img)
+            ys.append(c)
+    return np.stack(xs), np.asarray(ys)
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
+    """Exact accuracy, within ±1 and ±3 classes, Spearman, and mean predicted class per class."""
+    d = np.abs(y_true - y_pred)
+    per_class = [float(y_pred[y_true == c].mean()) if (y_true == c).any() else float("nan")
+                 for c in range(NUM_CLASSES)]
+    from scipy.stats import spearmanr
+
+    rho = spearmanr(y_true, y_pred).statistic if len(set(y_pred.tolist())) > 1 else 0.0
+    return {
+        "exact": float((d == 0).mean()),
+        "within1": float((d <= 1).mean()),
+        "within3": float((d <= 3).mean()),
+        "spearman": float(rho),
+        "mean_pred_per_class": [round(v, 2) for v in per_class],
+        "n": int(len(y_true)),
+    }
+
+
+@torch.no_grad()
+def predict(net: torch.nn.Module, xs: np.ndarray, batch: int = 256) -> np.ndarray:
+    net.eval()
+    out = []
+    for i in range(0, len(xs), batch):
+        logits = net(to_input(torch.from_numpy(xs[i : i + batch])))
+        out.append(logits.softmax(1).numpy())
+    return np.concatenate(out)
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+
+def _lr_at(cfg: TrainConfig, step: int) -> float:
+    if cfg.optimizer == "rmsprop":  # paper: halved every 2 million examples
+        return cfg.lr * 0.5 ** ((step * cfg.batch_size) // 2_000_000)
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def _optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:  # type: ignore[no-untyped-def]
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, alpha=0.9, eps=1.0, momentum=0.9)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; choose adamw or rmsprop")
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(cfg)))
+
+
+def train(
+    pool: Path,
+    out: Path,
+    cfg: TrainConfig,
+    *,
+    name: str | None = None,
+    device: str = "cpu",
+    max_minutes: float | None = None,
+) -> Path:
+    """Train (or resume) into ``out``; return the base path of the exported model.
+
+    ``out/ckpt.pt`` is written every ``ckpt_every`` steps and on exit; rerunning
+    the same command resumes from it. ``out/log.jsonl`` has one line per report.
+    """
+    from convfocus.checkpoint import save_model
+    from convfocus.pool import load_pool
+
+    out.mkdir(parents=True, exist_ok=True)
+    train_x, train_rows = load_pool(pool, "train")
+    val_x, val_rows = load_pool(pool, "val")
+    if len(train_x) == 0:
+        raise ConfigError("the pool has no training patches", pool)
+    if len(val_x) == 0:
+        raise ConfigError("the pool has no validation patches (split by source)", pool)
+    dev = torch.device("cuda" if device == "cuda" or (device == "auto" and
+                                                     torch.cuda.is_available()) else "cpu")
+    torch.manual_seed(cfg.seed)
+    net = build_model(cfg.arch).to(dev)
+    opt = _optimizer(cfg, net.parameters())
+    step, best = 0, None
+    ckpt = out / "ckpt.pt"
+    if ckpt.is_file():
+        state = torch.load(ckpt, map_location=dev, weights_only=False)
+        if state["config"] != _config_dict(cfg):
+            raise ConfigError("a checkpoint with other settings exists here; use another --out",
+                              ckpt)
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optim"])
+        step, best = state["step"], state.get("best")
+        log.info("resumed from step %d", step)
+    vx, vy = validation_set(val_x, cfg.synthesis)
+    loader = torch.utils.data.DataLoader(
+        SyntheticStream(train_x, cfg, step), batch_size=None, num_workers=cfg.workers,
+        persistent_workers=cfg.workers > 0, prefetch_factor=4 if cfg.workers > 0 else None,
+    )
+    logf = open(out / "log.jsonl", "a")
+    t0, seen0 = time.time(), step
+    last_loss: list[float] = []
+
+    def save_ckpt() -> None:
+        _atomic_torch_save({"model": net.state_dict(), "optim": opt.state_dict(), "step": step,
+                            "best": best, "config": _config_dict(cfg)}, ckpt)
+
+    def evaluate_now() -> dict[str, Any]:
+        probs = predict(net, vx)
+        m = classification_metrics(vy, probs.argmax(1))
+        net.train()
+        return m
+
+    net.train()
+    it = iter(loader)
+    try:
+        while step < cfg.steps:
+            if max_minutes is not None and (time.time() - t0) > max_minutes * 60:
+                log.info("time budget reached at step %d", step)
+                break
+            xb, yb = next(it)
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(cfg, step)
+            logits = net(to_input(xb).to(dev))
+            loss = F.cross_entropy(logits, yb.to(dev), label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            last_loss.append(float(loss.detach()))
+            if step % cfg.ckpt_every == 0:
+                save_ckpt()
+            if step % cfg.val_every == 0 or step == cfg.steps:
+                m = evaluate_now()
+                rate = (step - seen0) * cfg.batch_size / max(1e-9, time.time() - t0)
+                rec = {"step": step, "examples": step * cfg.batch_size,
+                       "loss": float(np.mean(last_loss)), "lr": _lr_at(cfg, step),
+                       "examples_per_s": round(rate, 1), "val": m, "time": time.time()}
+                last_loss = []
+                logf.write(json.dumps(rec) + "\n")
+                logf.flush()
+                log.info("step %d loss %.3f exact %.3f ±1 %.3f ±3 %.3f rho %.3f (%.0f ex/s)",
+                         step, rec["loss"], m["exact"], m["within1"], m["within3"],
+                         m["spearman"], rate)
+                if best is None or m["within1"] > best["within1"]:
+                    best = {**m, "step": step}
+    finally:
+        save_ckpt()
+        logf.close()
+    final = evaluate_now()
+    spec = ModelSpec(
+        name=name or f"convfocus-{cfg.preset}", version=__version__, arch=cfg.arch,
+        mpp=MODEL_MPP, blur=cfg.synthesis.kind, spacing=cfg.synthesis.spacing,
+        training={
+            "config": _config_dict(cfg), "steps": step, "examples": step * cfg.batch_size,
+            "train_patches": len(train_x), "val_patches": len(val_x),
+            "train_sources": sorted({r["source"] for r in train_rows}),
+            "val_sources": sorted({r["source"] for r in val_rows}),
+            "device": str(dev),
+        },
+        metrics={"validation": final},
+    )
+    base = out / spec.name
+    save_model(base, net.cpu(), spec)
+    log.info("model written: %s.{safetensors,json,onnx}", base)
+    return base
+
+
+def config_from_dict(d: dict[str, Any]) -> TrainConfig:
+    """Inverse of ``asdict`` for :class:`TrainConfig` (used by the model card tooling)."""
+    d = dict(d)
+    d["synthesis"] = SynthesisConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                        for k, v in d["synthesis"].items()})
+    d["augment"] = Augment(**d["augment"])
+    return replace(TrainConfig(), **d)

@@ -1,0 +1,56 @@
+"""Small frozen dataclasses shared across layers."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from convfocus import MODEL_MPP, NUM_CLASSES
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything inference needs to know about a model; stored beside its weights.
+
+    References: window 139 px, stride 128 px at 40x, 30 classes (Kohlberger et al. 2019).
+    """
+
+    name: str
+    version: str
+    arch: str  # "paper" | "lite" | "large"
+    num_classes: int = NUM_CLASSES
+    window_px: int = 139
+    stride_px: int = 128
+    mpp: float = MODEL_MPP
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    blur: str = "bokeh"  # blur kernel used to define the classes
+    spacing: str = "exponential"
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
+        known = {f for f in cls.__dataclass_fields__}
+        kw = {k: v for k, v in d.items() if k in known}
+        for key in ("mean", "std"):
+            if key in kw:
+                kw[key] = tuple(kw[key])
+        return cls(**kw)
+
+
+def class_blur_radius_px(c: int, *, r0: float = 1.4, r_max: float = 200.0) -> float:
+    """Nominal (interval centre, geometric) bokeh radius of class ``c`` in model pixels.
+
+    Class 0 is in focus (0). References: r ~ U[1.4 e^((c-1)3/28), 1.4 e^(c 3/28)],
+    class 29 ~ U[1.4 e^3, 200] (Kohlberger et al. 2019).
+    """
+    if c <= 0:
+        return 0.0
+    if c >= NUM_CLASSES - 1:
+        return math.sqrt(r0 * math.exp(3.0) * r_max)
+    return r0 * math.exp((c - 0.5) * 3.0 / 28.0)
