@@ -28,5 +28,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/scan_throughput.py
 
+web:
+	python3 scripts/build_web.py
+
 clean:
 	rm -rf demo-out .pytest_cache build

@@ -100,7 +100,7 @@ class SynthesisConfig:
     kind: str = "bokeh"
     spacing: str = "exponential"
     noise: bool = True
-    noise_s_8bit: tuple[float, float] = (0.01, 0.25)
+    noise_s_8bit: tuple[float, float] = (0.05, 0.5)
     jpeg: bool = True
     jpeg_quality: tuple[int, int] = (70, 90)
     degrade_class0: bool = True  # noise + JPEG also on class 0, so they are no cue for blur

@@ -1,0 +1,628 @@
+"""Command line: the only place that parses arguments and configures logging.
+
+Each subcommand has a ``_add_<name>(sub)`` function that declares its arguments
+and sets ``func`` to a ``_run_<name>(args) -> int`` function. Expected failures
+(:class:`~convfocus.errors.ConvFocusError`) become one line on stderr and a
+non-zero exit code; nothing else is caught here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from convfocus.scan import ScanOptions
+
+from convfocus import __version__
+from convfocus.errors import ConvFocusError
+
+log = logging.getLogger("convfocus")
+
+#: Subcommand adders, in the order they appear in --help; each section appends its own.
+_ADDERS: list = []
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+    return value
+
+
+# --- scan / demo -------------------------------------------------------------------------------
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="model name or path to its .json (default: the shipped model)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
+                   help="where the model runs (default cpu; auto = CUDA when present)")
+    p.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto",
+                   help="inference runtime (default: ONNX Runtime where it can run)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="inference threads (default: all cores)")
+
+
+def _add_scan(sub: argparse._SubParsersAction) -> None:
+    from convfocus.regions import PROFILES
+
+    p = sub.add_parser(
+        "scan", help="grade slides: class map, heatmap, regions, summary, report",
+        description="Grade every tissue window of each slide on the 30-class OOF scale and "
+        "write OUT/<slide>/{tiles.csv,classmap.npy,heatmap.png,overlay.png,"
+        "oof_regions.geojson,summary.json,report.html}, plus OUT/index.{csv,html}.")
+    p.add_argument("inputs", nargs="+", help="slides, folders of slides, or CSV manifests")
+    p.add_argument("--out", default="convfocus-out", help="output folder (default convfocus-out)")
+    _add_model_args(p)
+    p.add_argument("--mpp", type=_positive_float, default=None,
+                   help="level-0 pixel size in µm/px (overrides the file's metadata)")
+    p.add_argument("--native", action="store_true",
+                   help="grade level 0 as it is, without resampling to the model's 0.25 µm/px")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="histology",
+                   help="verdict thresholds by clinical use (cytology is stricter)")
+    p.add_argument("--window", type=_positive_int, default=None, help="window in model px (139)")
+    p.add_argument("--stride", type=_positive_int, default=None, help="stride in model px (128)")
+    p.add_argument("--min-tissue", type=float, default=0.25,
+                   help="grade a window when at least this share of it is tissue (0.25)")
+    p.add_argument("--workers", type=_positive_int, default=1, help="local worker processes")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run the batch on a dask.distributed scheduler (tcp://host:port)")
+    p.add_argument("--resume", action="store_true", help="skip slides whose outputs are complete")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_scan)
+
+
+def _scan_options(args: argparse.Namespace) -> ScanOptions:
+    from convfocus.scan import ScanOptions
+
+    if not 0.0 <= args.min_tissue <= 1.0:
+        from convfocus.errors import ConfigError
+
+        raise ConfigError(f"--min-tissue must be within 0..1, got {args.min_tissue}")
+    return ScanOptions(
+        model=args.model, mpp=args.mpp, native=args.native, profile=args.profile,
+        device=args.device, backend=args.backend, threads=args.threads, window_px=args.window,
+        stride_px=args.stride, min_tissue=args.min_tissue,
+    )
+
+
+def _run_scan(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from convfocus.batch import expand_inputs, run_batch
+    from convfocus.infer import load_grader
+
+    opts = _scan_options(args)
+    load_grader(opts.model, device=opts.device, backend=opts.backend)  # fail early on the model
+    jobs = expand_inputs(args.inputs)
+    results = run_batch(jobs, Path(args.out), opts, workers=args.workers,
+                        scheduler=args.scheduler, resume=args.resume, quiet=args.quiet)
+    failed = [r for r in results if r.status == "failed"]
+    for r in results:
+        if r.status != "failed" and not args.quiet:
+            print(r.out / "report.html" if r.out else r.path)
+    if failed:
+        print(f"convfocus: {len(failed)} of {len(results)} slides failed:", file=sys.stderr)
+        for r in failed:
+            print(f"convfocus: error: {r.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="build a demo slide with known blur, scan it, print the report")
+    p.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
+    _add_model_args(p)
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from convfocus.demo import run_demo
+    from convfocus.infer import load_grader
+
+    grader = load_grader(args.model, device=args.device, backend=args.backend,
+                         threads=args.threads)
+    report = run_demo(Path(args.out), grader=grader)
+    print(report)
+    return 0
+
+
+_ADDERS += [_add_scan, _add_demo]
+
+
+# --- training: patches, calibrate, train, export ----------------------------------------------
+
+
+def _shared_data() -> Path | None:
+    from pathlib import Path
+
+    here = Path.cwd()
+    for base in (here, *here.parents):
+        cand = base.parent / "shared" / "data"
+        if cand.is_dir():
+            return cand
+    return None
+
+
+def _add_patches(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("patches", help="cut the in-focus patch pool (300x300 at 0.25 µm/px)")
+    p.add_argument("sources", nargs="*", help="slides or images (default: ../shared/data pool)")
+    p.add_argument("--out", required=True, help="pool folder to write")
+    p.add_argument("--densest", type=_positive_int, default=None, metavar="K",
+                   help="keep only the K densest patches per source (lowest mean luma)")
+    p.add_argument("--max-per-source", type=_positive_int, default=400)
+    p.add_argument("--max-mpp", type=_positive_float, default=0.55,
+                   help="leave out sources coarser than this (µm/px)")
+    p.add_argument("--val", action="append", default=None, metavar="NAME",
+                   help="source file name held out for validation (repeatable)")
+    p.set_defaults(func=_run_patches)
+
+
+def _run_patches(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from convfocus.pool import DEFAULT_VALIDATION, build_pool, default_sources
+
+    sources = [Path(s) for s in args.sources] or default_sources(_shared_data())
+    entries = build_pool(
+        sources, Path(args.out), densest_k=args.densest, max_per_source=args.max_per_source,
+        max_mpp=args.max_mpp, validation=args.val or DEFAULT_VALIDATION,
+    )
+    n_val = sum(e.split == "val" for e in entries)
+    print(f"{len(entries)} patches ({n_val} validation) in {args.out}")
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a grader on semi-synthetic defocus")
+    p.add_argument("--pool", required=True, help="in-focus pool folder (convfocus patches)")
+    p.add_argument("--out", required=True, help="run folder (checkpoint, log, exported model)")
+    p.add_argument("--preset", default="config4",
+                   help="paper Table 2 row: config1..config5 (config4 = ConvFocus), "
+                   "config4-linear, config4-lite")
+    p.add_argument("--arch", choices=("paper", "lite", "large"), default=None)
+    p.add_argument("--steps", type=_positive_int, default=None)
+    p.add_argument("--batch-size", type=_positive_int, default=None)
+    p.add_argument("--lr", type=_positive_float, default=None)
+    p.add_argument("--optimizer", choices=("adamw", "rmsprop"), default=None)
+    p.add_argument("--workers", type=int, default=None, help="synthesis worker processes")
+    p.add_argument("--val-every", type=_positive_int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--name", default=None, help="model name (default convfocus-PRESET)")
+    p.add_argument("--max-minutes", type=_positive_float, default=None,
+                   help="stop (and export) after this long; rerun to resume")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from convfocus.train import preset_config, train
+
+    cfg = preset_config(
+        args.preset, arch=args.arch, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        optimizer=args.optimizer, workers=args.workers, val_every=args.val_every, seed=args.seed,
+    )
+    base = train(Path(args.pool), Path(args.out), cfg, name=args.name, device=args.device,
+                 max_minutes=args.max_minutes)
+    print(base.with_suffix(".json"))
+    return 0
+
+
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="refit the Gaussian-vs-bokeh blur scale pair (paper: 0.926 / 1.4, 132 / 200)",
+    )
+    p.add_argument("images", nargs="*",
+                   help="in-focus slides or images (default: ../shared/data/infocus, else "
+                        "scikit-image's IHC image)")
+    p.add_argument("--pool", default=None, help="use the patches of a pool folder instead")
+    p.add_argument("--mpp", type=_positive_float, default=None,
+                   help="pixel size (µm/px) of the given images, where they store none")
+    p.add_argument("--per-source", type=_positive_int, default=8,
+                   help="densest patches taken from each image (default 8)")
+    p.add_argument("--max-patches", type=_positive_int, default=400,
+                   help="at most this many patches (a seeded random subset)")
+    p.add_argument("--out", default=None,
+                   help="folder for calibration.json and calibration.png")
+    p.set_defaults(func=_run_calibrate)
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from convfocus.calibrate import (
+        calibrate_blur,
+        calibration_table,
+        default_calibration_patches,
+        source_patches,
+        write_calibration,
+    )
+
+    if args.pool is not None:
+        from convfocus.pool import load_pool
+
+        patches = load_pool(Path(args.pool))[0]
+    elif args.images:
+        patches = source_patches([Path(s) for s in args.images], per_source=args.per_source,
+                                 mpp=args.mpp)[0]
+    else:
+        patches = default_calibration_patches(_shared_data(), per_source=args.per_source)
+    if len(patches) == 0:
+        from convfocus.errors import ConfigError
+
+        raise ConfigError("no patches to calibrate on")
+    if len(patches) > args.max_patches:
+        rng = np.random.default_rng(0)
+        patches = patches[np.sort(rng.choice(len(patches), args.max_patches, replace=False))]
+    result = calibrate_blur(patches)
+    print(calibration_table(result))
+    if args.out is not None:
+        densest = int(np.argmin(patches.reshape(len(patches), -1).mean(axis=1)))
+        for path in write_calibration(Path(args.out), result, patches[densest]):
+            print(path)
+    return 0
+
+
+_ADDERS += [_add_patches, _add_calibrate, _add_train]
+
+
+# --- evaluation --------------------------------------------------------------------------------
+
+
+def _class_list(text: str) -> list[int]:
+    """``"0-29"``, ``"0,5,10"`` or a mix (``"0-4,10,20-29"``) -> sorted unique classes."""
+    out: set[int] = set()
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            lo, _, hi = part.partition("-")
+            out.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a class list: {text!r}") from None
+    if not out or min(out) < 0 or max(out) > 29:
+        raise argparse.ArgumentTypeError(f"classes must lie in 0..29: {text!r}")
+    return sorted(out)
+
+
+def _named_model(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected CONFIG=PATH, got {text!r}")
+    return name, path
+
+
+def _add_eval_common(
+    p: argparse.ArgumentParser, *, model: bool = True, mpp: bool = True, device: bool = True
+) -> None:
+    p.add_argument("--out", required=True, help="output folder (JSON, PNG, Markdown)")
+    p.add_argument("--seed", type=int, default=0, help="seed of all resampling (default 0)")
+    if model:
+        p.add_argument("--model", default=None, help="model name or path (default: shipped)")
+    if mpp:
+        p.add_argument("--mpp", type=_positive_float, default=None,
+                       help="level-0 pixel size (µm/px) of inputs that lack one")
+    if device:
+        p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="the paper's evaluations (JSON, plots, Markdown)")
+    ev = p.add_subparsers(dest="evaluation", metavar="EVALUATION", required=True)
+
+    g = ev.add_parser("grades", help="predicted class vs pathologist-graded regions")
+    g.add_argument("manifest", help="CSV: slide,annotations,test_set (paths relative to it)")
+    g.add_argument("--tiles", default=None,
+                   help="folder of existing scan outputs (<stem>/tiles.csv); default: scan")
+    g.add_argument("--group-by", default="test_set",
+                   help="manifest column (or summary.json key) naming the test set")
+    g.add_argument("--grade-key", default="grade", help="GeoJSON property with the grade")
+    g.add_argument("--per-grade", type=_positive_int, default=3000,
+                   help="windows drawn per test set and grade, with replacement (paper: 3000)")
+    _add_eval_common(g)
+    g.set_defaults(func=_run_evaluate_grades)
+
+    z = ev.add_parser("zstack", help="predicted class vs z-level of one field")
+    z.add_argument("manifest", help="CSV: path,z_um (images or slides, relative to it)")
+    z.add_argument("--tiles", default=None, help="folder of existing scan outputs")
+    z.add_argument("--plot-windows", type=_positive_int, default=114,
+                   help="windows drawn in the V plot (paper: 114)")
+    _add_eval_common(z)
+    z.set_defaults(func=_run_evaluate_zstack)
+
+    d = ev.add_parser("detector", help="a detector's AUC vs focus quality (real and synthetic)")
+    d.add_argument("--scores", default=None,
+                   help="experiment 1 CSV: slide,score,label[,oof_class] (or x_px,y_px + --tiles)")
+    d.add_argument("--tiles", default=None, help="scan outputs to join oof_class from")
+    d.add_argument("--detector", default=None,
+                   help="experiment 2: module:function scoring (n, h, w, 3) uint8 windows")
+    d.add_argument("--windows", default=None,
+                   help="experiment 2: labelled windows (.npz images/labels[/slides] or CSV)")
+    d.add_argument("--classes", type=_class_list, default=list(range(30)),
+                   help="blur classes of experiment 2, e.g. 0-29 or 0,5,10 (default 0-29)")
+    d.add_argument("--bootstrap", type=_positive_int, default=500,
+                   help="slide-level bootstrap samples (paper: 500)")
+    d.add_argument("--example", action="store_true",
+                   help="run both experiments on generated example data with the "
+                        "demonstration detector (not a cancer detector)")
+    _add_eval_common(d, model=False, mpp=False, device=False)
+    d.set_defaults(func=_run_evaluate_detector)
+
+    b = ev.add_parser("benchmark", help="FocusPath / TCGA@Focus, beside published numbers")
+    b.add_argument("benchmark", choices=("focuspath", "tcga-focus"))
+    b.add_argument("list", help="the benchmark's label list (CSV)")
+    b.add_argument("--images", required=True, help="folder the list's paths are relative to")
+    b.add_argument("--image-mpp", type=_positive_float, default=None,
+                   help="pixel size of the patches (µm/px); resampled to the model's if given")
+    b.add_argument("--infocus-max-z", type=float, default=1.0,
+                   help="FocusPath: |z| at most this counts as in focus (default 1)")
+    b.add_argument("--folds", type=_positive_int, default=10,
+                   help="FocusPath: folds split by slide (default 10)")
+    b.add_argument("--split", default=None, help="TCGA@Focus: only rows of this split")
+    _add_eval_common(b, mpp=False)
+    b.set_defaults(func=_run_evaluate_benchmark)
+
+    a = ev.add_parser("ablation", help="the five presets on one evaluation set (Table 2)")
+    a.add_argument("manifest", help="grades manifest (as for 'evaluate grades')")
+    a.add_argument("--config", dest="configs", type=_named_model, action="append", default=[],
+                   metavar="CONFIG=MODEL", help="model of a preset, e.g. config4=run4/model")
+    a.add_argument("--tiles-root", default=None,
+                   help="folder with one scan-output folder per preset (config1/..config5/)")
+    a.add_argument("--train-pool", default=None,
+                   help="train the missing presets on this in-focus pool")
+    a.add_argument("--steps", type=_positive_int, default=None, help="training steps per preset")
+    a.add_argument("--group-by", default="test_set")
+    a.add_argument("--per-grade", type=_positive_int, default=3000)
+    _add_eval_common(a, model=False)
+    a.set_defaults(func=_run_evaluate_ablation)
+
+
+def _print_markdown(path: str) -> None:
+    from pathlib import Path
+
+    print(Path(path).read_text(), end="")
+
+
+def _run_evaluate_grades(args: argparse.Namespace) -> int:
+    from convfocus.evaluate import evaluate_grades
+
+    evaluate_grades(
+        args.manifest, args.out, tiles=args.tiles, model=args.model, mpp=args.mpp,
+        device=args.device, group_by=args.group_by, grade_key=args.grade_key,
+        n_per_grade=args.per_grade, seed=args.seed,
+    )
+    _print_markdown(f"{args.out}/grades.md")
+    return 0
+
+
+def _run_evaluate_zstack(args: argparse.Namespace) -> int:
+    from convfocus.evaluate import evaluate_zstack
+
+    evaluate_zstack(args.manifest, args.out, tiles=args.tiles, model=args.model, mpp=args.mpp,
+                    device=args.device, max_plot_windows=args.plot_windows, seed=args.seed)
+    _print_markdown(f"{args.out}/zstack.md")
+    return 0
+
+
+def _run_evaluate_detector(args: argparse.Namespace) -> int:
+    from convfocus.evaluate import evaluate_detector
+
+    evaluate_detector(
+        args.out, scores=args.scores, tiles=args.tiles, detector=args.detector,
+        windows=args.windows, classes=args.classes, n_boot=args.bootstrap, seed=args.seed,
+        example=args.example,
+    )
+    _print_markdown(f"{args.out}/detector.md")
+    return 0
+
+
+def _run_evaluate_benchmark(args: argparse.Namespace) -> int:
+    from convfocus.evaluate import evaluate_benchmark
+
+    evaluate_benchmark(
+        args.benchmark, args.list, args.images, args.out, model=args.model, device=args.device,
+        image_mpp=args.image_mpp, infocus_max_abs_z=args.infocus_max_z, n_folds=args.folds,
+        split=args.split, seed=args.seed,
+    )
+    _print_markdown(f"{args.out}/benchmark-{args.benchmark}.md")
+    return 0
+
+
+def _run_evaluate_ablation(args: argparse.Namespace) -> int:
+    from convfocus.evaluate import evaluate_ablation
+
+    evaluate_ablation(
+        args.manifest, args.out, models=dict(args.configs), tiles_root=args.tiles_root,
+        train_pool=args.train_pool, steps=args.steps, device=args.device, mpp=args.mpp,
+        group_by=args.group_by, n_per_grade=args.per_grade, seed=args.seed,
+    )
+    _print_markdown(f"{args.out}/ablation.md")
+    return 0
+
+
+_ADDERS.append(_add_evaluate)
+
+
+# --- web: sample, rate, view -------------------------------------------------------------------
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be in 0..65535 (0: any free port): {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1): {text!r}")
+    return value
+
+
+def _add_serve_args(p: argparse.ArgumentParser, port: int) -> None:
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; "
+                        "0.0.0.0 opens it to the network)")
+    p.add_argument("--port", type=_port, default=port,
+                   help=f"port to listen on (default {port}; 0 picks a free one)")
+
+
+def _add_sample(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sample", help="sample the densest 40x tissue patches for human raters")
+    p.add_argument("slides", nargs="+", metavar="SLIDE",
+                   help="slide files, or folders of slides")
+    p.add_argument("--out", required=True, metavar="DIR", help="new folder for patches + manifest")
+    p.add_argument("-k", "--k", type=_positive_int, default=8,
+                   help="patches kept per slide, lowest mean luma first (paper: 8 AT2, 24 XR)")
+    p.add_argument("--candidates", type=_positive_int, default=200,
+                   help="random tissue patches drawn per slide before keeping K (default 200)")
+    p.add_argument("--patch-px", type=_positive_int, default=300, help="patch side (default 300)")
+    p.add_argument("--min-tissue", type=_positive_float, default=0.5,
+                   help="least tissue fraction of a candidate patch (default 0.5)")
+    p.add_argument("--allow-overlap", action="store_true",
+                   help="let kept patches of a slide overlap")
+    p.add_argument("--mpp", type=_positive_float, default=None,
+                   help="level-0 µm/px of the slides, overriding their metadata")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run_sample)
+
+
+def _run_sample(args: argparse.Namespace) -> int:
+    from convfocus.sampling import find_slides, sample_patches
+
+    slides = find_slides(args.slides)
+    records, skipped = sample_patches(
+        slides, args.out, k=args.k, n_candidates=max(args.candidates, args.k), seed=args.seed,
+        patch_px=args.patch_px, mpp=args.mpp, min_tissue=min(args.min_tissue, 1.0),
+        allow_overlap=args.allow_overlap,
+    )
+    n_slides = len({r.source for r in records})
+    print(f"{len(records)} patches from {n_slides} slides in {args.out}"
+          + (f"; {len(skipped)} slides skipped" if skipped else ""))
+    for path, why in skipped:
+        print(f"  skipped {path}: {why}", file=sys.stderr)
+    print(f"next: convfocus rate {args.out}")
+    return 1 if skipped else 0
+
+
+def _add_rate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("rate", help="rating workbench in the browser (or --export the consensus)")
+    p.add_argument("folder", metavar="DIR", help="folder written by `convfocus sample`")
+    _add_serve_args(p, 8765)
+    p.add_argument("--export", metavar="POOL", default=None,
+                   help="write the consensus in-focus patches to POOL and exit")
+    p.add_argument("--min-raters", type=_positive_int, default=3,
+                   help="raters who must all say in-focus (paper: 3)")
+    p.add_argument("--val-fraction", type=_fraction, default=0.2,
+                   help="share of sources held out for validation in the export (default 0.2)")
+    p.set_defaults(func=_run_rate)
+
+
+def _run_rate(args: argparse.Namespace) -> int:
+    if args.export is not None:
+        from convfocus.web.rating import export_consensus
+
+        stats = export_consensus(args.folder, args.export, min_raters=args.min_raters,
+                                 val_fraction=args.val_fraction)
+        kappa = stats["fleiss_kappa"]
+        print(f"{stats['consensus_in_focus']} consensus in-focus patches of {stats['patches']} "
+              f"-> {args.export} (Fleiss' kappa "
+              f"{'n/a' if kappa is None else f'{kappa:.3f}'}, "
+              f"{stats['patches_with_min_raters']} patches with >= {args.min_raters} raters)")
+        return 0
+    from convfocus.web.rating import RatingApp
+    from convfocus.web.server import serve
+
+    serve(RatingApp(args.folder), args.host, args.port)
+    return 0
+
+
+def _add_view(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("view", help="slide viewer with the out-of-focus overlay in the browser")
+    p.add_argument("path", metavar="OUT", help="a scan output folder OUT/<slide>, or OUT itself")
+    p.add_argument("--slide", default=None,
+                   help="the slide file, when it has moved since the scan")
+    _add_serve_args(p, 8766)
+    p.set_defaults(func=_run_view)
+
+
+def _run_view(args: argparse.Namespace) -> int:
+    from convfocus.web.server import serve
+    from convfocus.web.viewer import ViewerApp
+
+    app = ViewerApp(args.path, slide_path=args.slide)
+    try:
+        serve(app, args.host, args.port)
+    finally:
+        app.close()
+    return 0
+
+
+_ADDERS += [_add_sample, _add_rate, _add_view]
+
+
+# --- parser ------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="convfocus",
+        description="Find and grade out-of-focus regions in whole-slide images (ConvFocus).",
+    )
+    parser.add_argument("--version", action="version", version=f"convfocus {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in _ADDERS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except ConvFocusError as exc:
+        print(f"convfocus: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("convfocus: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

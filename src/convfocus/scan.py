@@ -1,0 +1,366 @@
+"""Scanning: slide -> tissue mask -> window grid -> regions -> model -> class map -> outputs.
+
+Windows are graded fully convolutionally: the grid is cut into blocks of
+``block`` x ``block`` cells, each block is read once as one region of
+``stride * block + (window - stride)`` model pixels, and one pass of the conv
+stack yields the logits of all its windows. Reading and decoding the next blocks
+runs in threads while the model grades the current one (a bounded queue).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from convfocus import NUM_CLASSES
+from convfocus.errors import ConvFocusError, NoTissueError, OutputError
+from convfocus.types import class_blur_radius_px
+
+log = logging.getLogger(__name__)
+
+#: Files a complete output folder holds; ``summary.json`` is written last.
+OUTPUT_FILES = (
+    "tiles.csv", "classmap.npy", "probs.npy", "thumbnail.png", "heatmap.png", "overlay.png",
+    "oof_regions.geojson", "report.html", "summary.json",
+)
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """Settings of one scan. ``window_px``/``stride_px`` default to the model's spec."""
+
+    model: str | Path | None = None
+    mpp: float | None = None
+    native: bool = False
+    profile: str = "histology"
+    device: str = "cpu"
+    backend: str = "auto"
+    threads: int | None = None
+    window_px: int | None = None
+    stride_px: int | None = None
+    min_tissue: float = 0.25
+    block: int = 16
+    thumbnail_px: int = 2048
+    prefetch: int = 3
+    read_threads: int = 2
+
+
+@dataclass
+class Grading:
+    """What the model said about one slide, on the window grid."""
+
+    classmap: np.ndarray  # (rows, cols) int16, -1 = not graded
+    probs: np.ndarray  # (rows, cols, 30) float16, 0 where not graded
+    grid: Any  # tiling.Grid
+    l0_window_px: float
+    l0_stride_px: float
+    model_px_per_l0_px: float
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _blocks(cells: np.ndarray, rows: int, cols: int, block: int) -> list[tuple[int, int, int, int]]:
+    """Blocks (row0, col0, nrows, ncols) of the grid that contain at least one graded cell."""
+    occ = np.zeros((math.ceil(rows / block), math.ceil(cols / block)), bool)
+    occ[cells[:, 0] // block, cells[:, 1] // block] = True
+    out = []
+    for br, bc in zip(*np.nonzero(occ)):
+        r0, c0 = int(br) * block, int(bc) * block
+        out.append((r0, c0, min(block, rows - r0), min(block, cols - c0)))
+    return out
+
+
+def read_model_region(
+    reader: Any, l0_x: float, l0_y: float, out_w: int, out_h: int, scale: float
+) -> np.ndarray:
+    """Read the level-0 area that maps to ``out_w x out_h`` model pixels at ``l0 (x, y)``.
+
+    ``scale`` is model pixels per level-0 pixel (2 for a 20x slide graded at 40x).
+    Where the slide is finer than the model (scale < 1) a pyramid level close to the
+    model's pixel size is read instead of level 0.
+    """
+    if abs(scale - 1.0) < 1e-6:
+        return reader.read_region((int(round(l0_x)), int(round(l0_y))), 0, (out_w, out_h))
+    level = 0
+    if scale < 1.0 and hasattr(reader, "level_downsamples"):
+        for i, ds in enumerate(reader.level_downsamples):
+            if ds <= 1.0 / scale * 1.0001:
+                level = i
+    ds = float(reader.level_downsamples[level]) if level else 1.0
+    w_l = int(math.ceil(out_w / scale / ds)) + 1
+    h_l = int(math.ceil(out_h / scale / ds)) + 1
+    x_i, y_i = int(math.floor(l0_x)), int(math.floor(l0_y))
+    img = reader.read_region((x_i, y_i), level, (w_l, h_l))
+    # exact sub-pixel placement: output pixel u samples level pixel (u / (scale*ds) + frac)
+    f = scale * ds
+    m = np.float32([[f, 0, -(l0_x - x_i) / ds * f], [0, f, -(l0_y - y_i) / ds * f]])
+    interp = cv2.INTER_CUBIC if f > 1 else cv2.INTER_AREA
+    if f < 1:
+        return cv2.resize(img[: int(round(out_h / f)), : int(round(out_w / f))], (out_w, out_h),
+                          interpolation=interp)
+    return cv2.warpAffine(img, m, (out_w, out_h), flags=interp, borderMode=cv2.BORDER_REPLICATE)
+
+
+def grade_slide(
+    reader: Any,
+    grader: Any,
+    opts: ScanOptions,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> Grading:
+    """Grade every tissue window of an open slide."""
+    from convfocus.tiling import make_grid
+    from convfocus.tissue import tissue_mask
+
+    t0 = time.perf_counter()
+    spec = grader.spec
+    win = opts.window_px or spec.window_px
+    stride = opts.stride_px or spec.stride_px
+    if (win, stride) != (spec.window_px, spec.stride_px):
+        log.info("window %d / stride %d (model trained at %d / %d)", win, stride,
+                 spec.window_px, spec.stride_px)
+    slide_mpp = float(reader.mpp)
+    scale = 1.0 if opts.native else slide_mpp / spec.mpp
+    l0_win, l0_stride = win / scale, stride / scale
+    w0, h0 = reader.dimensions
+    thumb = reader.get_thumbnail(opts.thumbnail_px)
+    th_ds = w0 / thumb.shape[1]
+    mask = tissue_mask(thumb)
+    grid = make_grid(mask, th_ds, (w0, h0), window_l0_px=l0_win, stride_l0_px=l0_stride,
+                     min_tissue=opts.min_tissue)
+    if min(w0, h0) < l0_win:
+        raise NoTissueError(
+            f"slide ({w0}x{h0} px) is smaller than one window ({l0_win:.0f} px)", reader.path)
+    if len(grid.cells) == 0:
+        raise NoTissueError("no tissue found (luma rule 0 < Y <= 0.8)", reader.path)
+
+    rows, cols = grid.rows, grid.cols
+    classmap = np.full((rows, cols), -1, np.int16)
+    probs = np.zeros((rows, cols, NUM_CLASSES), np.float16)
+    graded = np.zeros((rows, cols), bool)
+    graded[grid.cells[:, 0], grid.cells[:, 1]] = True
+    blocks = _blocks(grid.cells, rows, cols, opts.block)
+    ox, oy = grid.l0_origin_px
+
+    def load(b: tuple[int, int, int, int]) -> np.ndarray:
+        r0, c0, nr, nc = b
+        return read_model_region(reader, ox + c0 * l0_stride, oy + r0 * l0_stride,
+                                 nc * stride + (win - stride), nr * stride + (win - stride), scale)
+
+    done = 0
+    with ThreadPoolExecutor(max_workers=max(1, opts.read_threads)) as pool:
+        pending: list[tuple[tuple[int, int, int, int], Future[np.ndarray]]] = []
+        it: Iterator[tuple[int, int, int, int]] = iter(blocks)
+        for b in it:
+            pending.append((b, pool.submit(load, b)))
+            if len(pending) >= opts.prefetch:
+                break
+        while pending:
+            b, fut = pending.pop(0)
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(load, nxt)))
+            region = fut.result()
+            p = _grade_region(grader, region, win, stride, b[2], b[3])
+            r0, c0, nr, nc = b
+            sel = graded[r0 : r0 + nr, c0 : c0 + nc]
+            probs[r0 : r0 + nr, c0 : c0 + nc][sel] = p[sel]
+            classmap[r0 : r0 + nr, c0 : c0 + nc][sel] = p[sel].argmax(-1)
+            done += 1
+            if progress is not None:
+                progress(done, len(blocks))
+    return Grading(classmap, probs, grid, l0_win, l0_stride, scale, time.perf_counter() - t0,
+                   {"slide_mpp": slide_mpp, "window_px": win, "stride_px": stride,
+                    "blocks": len(blocks), "thumbnail": thumb, "th_downsample": th_ds})
+
+
+def _grade_region(grader: Any, region: np.ndarray, win: int, stride: int, nr: int, nc: int):
+    """(rows, cols, 30) probabilities of a region; the fully convolutional path needs the
+    model's own window and stride, other settings fall back to per-window inference."""
+    spec = grader.spec
+    if (win, stride) == (spec.window_px, spec.stride_px):
+        return grader.predict_region(region)
+    wins = np.stack([region[r * stride : r * stride + win, c * stride : c * stride + win]
+                     for r in range(nr) for c in range(nc)])
+    if win != spec.window_px:
+        wins = np.stack([cv2.resize(w, (spec.window_px, spec.window_px),
+                                    interpolation=cv2.INTER_AREA) for w in wins])
+    return grader.predict_windows(wins).reshape(nr, nc, -1)
+
+
+# --- outputs -----------------------------------------------------------------------------------
+
+
+def tiles_rows(g: Grading, *, blur_mpp: float) -> Iterator[list[Any]]:
+    """Rows of tiles.csv: one per graded window, row-major."""
+    idx = np.arange(NUM_CLASSES, dtype=np.float64)
+    ox, oy = g.grid.l0_origin_px
+    for r, c in g.grid.cells:
+        p = g.probs[r, c].astype(np.float64)
+        p = p / max(p.sum(), 1e-12)
+        k = int(g.classmap[r, c])
+        yield [
+            int(round(ox + c * g.l0_stride_px)), int(round(oy + r * g.l0_stride_px)), int(r),
+            int(c), k, round(float(p @ idx), 3), round(float(p.max()), 4),
+            round(class_blur_radius_px(k) * blur_mpp, 3), *(f"{v:.4f}" for v in p),
+        ]
+
+
+TILES_HEADER = ["x_px", "y_px", "row", "col", "oof_class", "expected_class", "confidence",
+                "blur_um", *(f"p{i}" for i in range(NUM_CLASSES))]
+
+
+def _write_tiles(path: Path, g: Grading, blur_mpp: float) -> None:
+    with open(path, "w", newline="") as fh:
+        wr = csv.writer(fh, lineterminator="\n")
+        wr.writerow(TILES_HEADER)
+        wr.writerows(tiles_rows(g, blur_mpp=blur_mpp))
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def output_dir(slide: Path, out_root: Path) -> Path:
+    """``OUT/<input file stem>`` (a DICOM folder keeps its folder name)."""
+    return out_root / (slide.name if slide.is_dir() else slide.stem)
+
+
+def is_complete(folder: Path) -> bool:
+    """True when a slide's output folder holds every output (summary.json is written last)."""
+    return all((folder / f).is_file() for f in OUTPUT_FILES)
+
+
+def scan_path(
+    slide: Path,
+    out_root: Path,
+    *,
+    model: str | Path | None = None,
+    mpp: float | None = None,
+    native: bool = False,
+    profile: str = "histology",
+    device: str = "cpu",
+    options: ScanOptions | None = None,
+    grader: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Scan one slide and write its outputs to ``out_root/<stem>/`` (atomically).
+
+    Returns the output folder. Raises :class:`ConvFocusError` subclasses for expected
+    failures; no partial output folder is left behind.
+    """
+    from convfocus.infer import load_grader
+    from convfocus.slide import open_slide
+
+    opts = options or ScanOptions(model=model, mpp=mpp, native=native, profile=profile,
+                                  device=device)
+    slide = Path(slide)
+    out_root = Path(out_root)
+    final = output_dir(slide, out_root)
+    try:
+        out_root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output folder: {exc.strerror}", out_root) from None
+    if not os.access(out_root, os.W_OK):
+        raise OutputError("output folder is not writable", out_root)
+    t0 = time.perf_counter()
+    if grader is None:
+        grader = load_grader(opts.model, device=opts.device, backend=opts.backend,
+                             threads=opts.threads)
+    reader = open_slide(slide, mpp=opts.mpp)
+    try:
+        g = grade_slide(reader, grader, opts, progress=progress)
+        tmp = out_root / f".{final.name}.partial-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            tmp.mkdir()
+            write_outputs(tmp, g, reader, grader, opts, slide, runtime_start=t0)
+            _replace_dir(tmp, final)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise OutputError(f"cannot write outputs: {exc.strerror or exc}", final) from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    finally:
+        reader.close()
+    return final
+
+
+def write_outputs(
+    folder: Path, g: Grading, reader: Any, grader: Any, opts: ScanOptions, slide: Path,
+    *, runtime_start: float,
+) -> None:
+    """Write every output file of one slide into ``folder``; summary.json last."""
+    from convfocus import heatmap, regions, report
+    from convfocus.slide import write_png
+
+    spec = grader.spec
+    blur_mpp = g.extra["slide_mpp"] if opts.native else spec.mpp
+    _write_tiles(folder / "tiles.csv", g, blur_mpp)
+    np.save(folder / "classmap.npy", g.classmap)
+    np.save(folder / "probs.npy", g.probs)
+    grid_d = {
+        "l0_origin_px": [float(g.grid.l0_origin_px[0]), float(g.grid.l0_origin_px[1])],
+        "l0_stride_px": float(g.l0_stride_px), "l0_window_px": float(g.l0_window_px),
+        "rows": int(g.grid.rows), "cols": int(g.grid.cols),
+    }
+    thumb = g.extra["thumbnail"]
+    write_png(folder / "thumbnail.png", thumb)
+    geom = heatmap.GridGeometry.coerce({**grid_d, "th_downsample": g.extra["th_downsample"]})
+    write_bytes(folder / "heatmap.png", heatmap.heatmap_png(g.classmap))
+    write_bytes(folder / "overlay.png", heatmap.overlay_png(thumb, g.classmap, geom))
+    geo = regions.oof_regions(g.classmap, geom, mpp=g.extra["slide_mpp"],
+                              l0_dimensions=reader.dimensions)
+    report.write_json_atomic(folder / "oof_regions.geojson", geo)
+    summary = report.build_summary(
+        input_path=slide, dimensions=reader.dimensions, slide_mpp=g.extra["slide_mpp"],
+        spec=spec, classmap=g.classmap, grid=grid_d,
+        runtime_s=time.perf_counter() - runtime_start, native=opts.native,
+        profile=opts.profile, probs=g.probs, geojson=geo,
+        slide_format=getattr(reader, "format", None),
+        mpp_source=_mpp_source(reader, opts),
+    )
+    html = report.render_report_html(
+        summary, overlay_png=(folder / "overlay.png").read_bytes(),
+        heatmap_png=(folder / "heatmap.png").read_bytes(),
+        histogram_png=heatmap.histogram_png(g.classmap), geojson=geo,
+    )
+    report.write_text_atomic(folder / "report.html", html)
+    report.write_json_atomic(folder / "summary.json", summary)
+
+
+def _mpp_source(reader: Any, opts: ScanOptions) -> str:
+    if opts.mpp is not None:
+        return "--mpp"
+    if getattr(reader, "mpp_from_metadata", None) is not None:
+        return "metadata"
+    return "assumed 0.25 µm/px (none in the file)"
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+__all__ = ["ScanOptions", "Grading", "grade_slide", "scan_path", "is_complete", "output_dir",
+           "ConvFocusError"]

@@ -1,0 +1,231 @@
+// convfocus slide viewer: OpenSeadragon with the OOF class map as a second tiled image.
+"use strict";
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const OSD = window.OpenSeadragon;
+  const st = { slide: null, colors: [], overlayOn: true, opacity: 0.45, probeSeq: 0,
+               probeTimer: null, highlight: null };
+
+  async function getJSON(url) {
+    const res = await fetch(url);
+    const data = await res.json().catch(() => ({}));
+    if (!res.ok) throw new Error(data.error || `request failed (${res.status})`);
+    return data;
+  }
+
+  const viewer = OSD({
+    element: $("osd"),
+    prefixUrl: "/static/vendor/openseadragon/images/",
+    drawer: "canvas",  // 2D canvas: works without WebGL (headless, remote desktops)
+    showNavigator: true,
+    navigatorPosition: "BOTTOM_RIGHT",
+    showRotationControl: false,
+    maxZoomPixelRatio: 4,
+    visibilityRatio: 0.5,
+    gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: true },
+    crossOriginPolicy: false,
+  });
+
+  const base = () => viewer.world.getItemAt(0);
+  const overlay = () => viewer.world.getItemAt(1);
+
+  function applyOverlay() {
+    const item = overlay();
+    if (item) item.setOpacity(st.overlayOn ? st.opacity : 0);
+    $("overlay-on").checked = st.overlayOn;
+    $("opacity-text").textContent = `${Math.round(st.opacity * 100)} %`;
+  }
+
+  function fmt(v) {
+    if (typeof v === "number") {
+      if (Number.isInteger(v)) return v.toLocaleString("en");
+      return Math.abs(v) < 1 ? v.toFixed(3) : v.toFixed(2);
+    }
+    if (typeof v === "boolean") return v ? "yes" : "no";
+    return String(v);
+  }
+
+  function summaryRows(s) {
+    const rows = [];
+    const skip = new Set(["grid", "pixels", "version", "schema"]);
+    const add = (k, v) => {
+      if (v === null || v === undefined || typeof v === "object") return;
+      rows.push([k.replace(/_/g, " "), fmt(v)]);
+    };
+    if (Array.isArray(s.dimensions)) rows.push(["dimensions", `${s.dimensions[0]} × ${s.dimensions[1]} px`]);
+    for (const [k, v] of Object.entries(s)) {
+      if (skip.has(k) || k === "dimensions") continue;
+      if (v && typeof v === "object" && !Array.isArray(v)) {
+        for (const [k2, v2] of Object.entries(v)) add(k2 === k ? k : `${k} ${k2}`, v2);
+      } else add(k, v);
+    }
+    return rows.slice(0, 24);
+  }
+
+  function showSummary(s) {
+    const table = $("summary");
+    table.replaceChildren();
+    for (const [k, v] of summaryRows(s)) {
+      const tr = document.createElement("tr");
+      const a = document.createElement("td");
+      const b = document.createElement("td");
+      a.textContent = k;
+      b.textContent = v;
+      tr.append(a, b);
+      table.append(tr);
+    }
+    $("pixels-note").textContent = s.pixels === "thumbnail"
+      ? "slide file unavailable: showing the scan's thumbnail" : "";
+  }
+
+  function goToRegion(r, li) {
+    const item = base();
+    if (!item) return;
+    const [x, y, w, h] = r.bbox;
+    const pad = Math.max(w, h) * 0.35 + 200;
+    const rect = item.imageToViewportRectangle(x - pad, y - pad, w + 2 * pad, h + 2 * pad);
+    viewer.viewport.fitBoundsWithConstraints(rect);
+    if (st.highlight) viewer.removeOverlay(st.highlight);
+    const el = document.createElement("div");
+    el.className = "region-box";
+    el.style.border = "2px solid #fff";
+    el.style.outline = "2px solid #111827";
+    el.style.borderRadius = "3px";
+    viewer.addOverlay({ element: el, location: item.imageToViewportRectangle(x, y, w, h) });
+    st.highlight = el;
+    document.querySelectorAll("#regions li").forEach((e) => e.classList.remove("active"));
+    li.classList.add("active");
+  }
+
+  function showRegions(list) {
+    const ol = $("regions");
+    ol.replaceChildren();
+    $("no-regions").classList.toggle("hidden", list.length > 0);
+    list.slice(0, 50).forEach((r, i) => {
+      const p = r.properties || {};
+      const li = document.createElement("li");
+      li.dataset.region = String(r.id);
+      const sw = document.createElement("span");
+      sw.className = "swatch";
+      const cls = Math.round(p.mean_class ?? p.max_class ?? 0);
+      sw.style.background = st.colors[Math.max(0, Math.min(st.colors.length - 1, cls))] || "#999";
+      const what = document.createElement("span");
+      what.className = "what";
+      what.textContent = p.name || `Region ${i + 1}`;
+      const meta = document.createElement("span");
+      meta.className = "meta";
+      const bits = [];
+      if (typeof p.mean_class === "number") bits.push(`mean ${p.mean_class.toFixed(1)}`);
+      if (typeof p.area_um2 === "number") bits.push(`${(p.area_um2 / 1e6).toFixed(3)} mm²`);
+      meta.textContent = bits.join(" · ");
+      li.append(sw, what, meta);
+      li.addEventListener("click", () => goToRegion(r, li));
+      ol.append(li);
+    });
+  }
+
+  function showLegend() {
+    const bar = $("legend-bar");
+    bar.replaceChildren();
+    st.colors.forEach((c, i) => {
+      const s = document.createElement("span");
+      s.style.background = c;
+      s.title = `class ${i}`;
+      bar.append(s);
+    });
+  }
+
+  function showProbe(w) {
+    const probs = $("probe-probs");
+    probs.replaceChildren();
+    if (w.class === null || w.class === undefined) {
+      $("probe-class").textContent = w.outside ? "outside the slide" : "no tissue";
+      $("probe-swatch").style.background = "transparent";
+      $("probe-detail").textContent = w.row !== null && w.row !== undefined
+        ? `window row ${w.row}, column ${w.col}` : "";
+      return;
+    }
+    $("probe-class").textContent = `class ${w.class}`;
+    $("probe-swatch").style.background = st.colors[w.class] || "#999";
+    const parts = [`window row ${w.row}, column ${w.col}`];
+    if (typeof w.expected_class === "number") parts.push(`expected ${w.expected_class.toFixed(1)}`);
+    if (typeof w.confidence === "number") parts.push(`p = ${w.confidence.toFixed(2)}`);
+    $("probe-detail").textContent = parts.join(" · ");
+    const p = w.probabilities || [];
+    const top = Math.max(1e-6, ...p);
+    p.forEach((v, i) => {
+      const s = document.createElement("span");
+      s.style.height = `${Math.max(1, (100 * v) / top)}%`;
+      s.style.background = st.colors[i] || "#999";
+      s.title = `class ${i}: ${(v * 100).toFixed(1)} %`;
+      probs.append(s);
+    });
+  }
+
+  function probe(pos) {
+    const item = base();
+    if (!item || !st.slide) return;
+    const pt = item.viewerElementToImageCoordinates(pos);
+    clearTimeout(st.probeTimer);
+    st.probeTimer = setTimeout(async () => {
+      const seq = ++st.probeSeq;
+      try {
+        const w = await getJSON(`/api/slides/${encodeURIComponent(st.slide.id)}/window?x=${
+          pt.x.toFixed(1)}&y=${pt.y.toFixed(1)}`);
+        if (seq === st.probeSeq) showProbe(w);
+      } catch (e) { /* the next move tries again */ }
+    }, 60);
+  }
+
+  async function openSlide(s) {
+    st.slide = s;
+    $("slide-name").textContent = s.name;
+    document.title = `${s.name} · convfocus viewer`;
+    viewer.open([
+      { tileSource: s.slide_dzi },
+      { tileSource: s.overlay_dzi, opacity: st.overlayOn ? st.opacity : 0 },
+    ]);
+    const enc = encodeURIComponent(s.id);
+    const [summary, regions] = await Promise.all([
+      getJSON(`/api/slides/${enc}/summary`), getJSON(`/api/slides/${enc}/regions`)]);
+    showSummary(summary);
+    showRegions(regions);
+  }
+
+  async function init() {
+    const legend = await getJSON("/api/legend");
+    st.colors = legend.colors;
+    showLegend();
+    const slides = await getJSON("/api/slides");
+    const sel = $("slide-select");
+    if (slides.length > 1) {
+      slides.forEach((s, i) => {
+        const o = document.createElement("option");
+        o.value = String(i);
+        o.textContent = s.name;
+        sel.append(o);
+      });
+      sel.classList.remove("hidden");
+      sel.addEventListener("change", () => openSlide(slides[Number(sel.value)]));
+    }
+    await openSlide(slides[0]);
+  }
+
+  $("overlay-on").addEventListener("change", (e) => { st.overlayOn = e.target.checked; applyOverlay(); });
+  $("opacity").addEventListener("input", (e) => {
+    st.opacity = Number(e.target.value) / 100;
+    st.overlayOn = true;
+    applyOverlay();
+  });
+  document.addEventListener("keydown", (e) => {
+    if (e.target instanceof HTMLInputElement && e.target.type !== "checkbox") return;
+    if (e.key === "h" || e.key === "H") { st.overlayOn = !st.overlayOn; applyOverlay(); }
+  });
+  viewer.addHandler("open", applyOverlay);
+  new OSD.MouseTracker({
+    element: viewer.canvas,
+    moveHandler: (e) => probe(e.position),
+  });
+
+  init().catch((e) => { $("pixels-note").textContent = `Error: ${e.message}`; });
+})();

@@ -1,0 +1,144 @@
+"""summary.json contents, the self-contained report page, the sortable batch index."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from convfocus import heatmap as hm
+from convfocus import report as rp
+from convfocus.errors import OutputError
+from convfocus.regions import oof_regions
+from convfocus.types import ModelSpec
+
+GRID = {"l0_origin_px": [16, 8], "l0_stride_px": 128, "l0_window_px": 139, "rows": 20,
+        "cols": 30}
+DIMS = (16 + 29 * 128 + 139 + 5, 8 + 19 * 128 + 139 + 3)
+SPEC = ModelSpec(name="convfocus-test", version="9.9", arch="lite")
+
+
+def _classmap() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    cm = rng.integers(0, 5, (20, 30))
+    cm[:, 10:13] = 21  # a vertical lane
+    cm[:3, :] = -1
+    return cm
+
+
+def _summary(**kw):
+    args = {
+        "input_path": "/slides/case <1>.svs", "dimensions": DIMS, "slide_mpp": 0.25,
+        "spec": SPEC, "classmap": _classmap(), "grid": GRID, "runtime_s": 3.21,
+        "created_utc": "2024-01-01T00:00:00",
+    }
+    args.update(kw)
+    return rp.build_summary(**args)
+
+
+def test_summary_contents():
+    s = _summary(profile="cytology", mpp_source="metadata")
+    json.dumps(s, allow_nan=False)
+    assert s["grid"] == GRID
+    assert s["dimensions"] == list(DIMS) and s["mpp"] == 0.25 and s["model_mpp"] == 0.25
+    assert s["input"] == "/slides/case <1>.svs" and s["slide"] == "case <1>"
+    assert s["model"]["name"] == "convfocus-test" and s["model"]["version"] == "9.9"
+    assert s["native"] is False
+    n = int((_classmap() >= 0).sum())
+    assert s["windows_graded"] == n
+    assert s["tissue_area_mm2"] == pytest.approx(n * (128 * 0.25 / 1000) ** 2, rel=1e-3)
+    assert "stride" in s["tissue_area_note"]
+    assert sum(s["bucket_shares"].values()) == pytest.approx(1.0)
+    assert s["bucket_shares"]["20-29"] == pytest.approx(3 / 30)
+    assert sum(s["class_counts"]) == n
+    assert s["pattern"]["scan_lanes"] is True and s["pattern"]["lane_direction"] == "vertical"
+    assert s["verdict"]["profile"] == "cytology" and s["verdict"]["verdict"] == "review"  # 10 % OOF
+    assert set(s["verdicts"]) >= {"histology", "cytology", "lymphoma", "ai"}
+    assert s["regions"]["count"] == 1 and s["regions"]["worst"][0]["severity"] == "severe"
+    assert s["runtime_s"] == pytest.approx(3.21)
+
+
+def test_summary_without_pixel_size_has_no_area_and_uses_given_regions():
+    cm = _classmap()
+    geo = oof_regions(cm, GRID, min_class=25)  # none
+    s = _summary(slide_mpp=None, geojson=geo)
+    assert s["tissue_area_mm2"] is None and s["mpp"] is None
+    assert s["regions"]["count"] == 0 and s["regions"]["worst"] == []
+
+
+def test_summary_mean_expected_class_from_probabilities():
+    probs = np.zeros((20, 30, 30), np.float16)
+    probs[..., 4] = 0.5
+    probs[..., 6] = 0.5
+    s = _summary(probs=probs)
+    assert s["mean_expected_class"] == pytest.approx(5.0)
+
+
+def test_summary_rejects_a_classmap_that_does_not_fit_the_grid():
+    with pytest.raises(ValueError):
+        _summary(classmap=np.zeros((3, 3), int))
+
+
+def _report_html(summary=None):
+    cm = _classmap()
+    thumb = np.full((60, 90, 3), 235, np.uint8)
+    s = summary or _summary()
+    return rp.render_report_html(
+        s,
+        hm.overlay_png(thumb, cm, GRID, l0_dimensions=DIMS),
+        hm.heatmap_png(cm),
+        hm.histogram_png(cm),
+        geojson=oof_regions(cm, GRID),
+    )
+
+
+def test_report_is_self_contained():
+    page = _report_html()
+    assert page.startswith("<!DOCTYPE html>")
+    assert "http://" not in page and "https://" not in page
+    assert "<link" not in page and "@import" not in page and "url(" not in page
+    srcs = re.findall(r"""\bsrc\s*=\s*['"]([^'"]*)""", page)
+    assert len(srcs) == 3 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert "href=" not in page
+
+
+def test_report_shows_verdict_regions_and_escapes_text():
+    page = _report_html()
+    assert "rescan" in page.lower()
+    assert "case &lt;1&gt;" in page and "case <1>" not in page
+    assert "Worst out-of-focus regions" in page and "severe" in page
+    for label in ("0–4", "5–9", "10–14", "15–19", "20–29"):
+        assert label in page
+
+
+def test_index_page_is_sortable_and_self_contained():
+    rows = [
+        rp.index_row(_summary(), "case/report.html"),
+        {"name": "b", "verdict": "pass", "oof_share": 0.01, "mean_class": 1.2,
+         "report": "b/report.html"},
+        {"name": "evil", "verdict": "review", "report": "javascript:alert(1)"},
+        {"name": "broken", "error": "cannot read <slide>"},
+    ]
+    page = rp.render_index_html(rows)
+    assert "http://" not in page and "https://" not in page and "<link" not in page
+    assert page.count("<tr>") == 1 + len(rows)
+    assert "href='case/report.html'" in page
+    assert "javascript:" not in page  # the colon is percent-encoded: a relative link
+    assert "cannot read &lt;slide&gt;" in page
+    assert "addEventListener('click'" in page
+    assert page.count("data-type=") == 8
+
+
+def test_atomic_writers(tmp_path):
+    rp.write_json_atomic(tmp_path / "a.json", {"x": float("nan"), "y": np.int64(3),
+                                               "z": (1.5, np.float32(2))})
+    assert json.loads((tmp_path / "a.json").read_text()) == {"x": None, "y": 3, "z": [1.5, 2.0]}
+    rp.write_text_atomic(tmp_path / "b.html", "<p>é</p>")
+    assert (tmp_path / "b.html").read_text(encoding="utf-8") == "<p>é</p>"
+    rp.write_text_atomic(tmp_path / "b.html", "second")
+    assert (tmp_path / "b.html").read_text() == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.html"]
+    with pytest.raises(OutputError):
+        rp.write_text_atomic(tmp_path / "missing" / "c.html", "x")
