@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import math
 from pathlib import Path
 
@@ -97,10 +98,10 @@ def main() -> None:
     # blur past the tissue's texture (class 20, r = 12 px), so only synthetic noise remains
     bases = [apply_blur(p, "bokeh", 12.0).astype(np.float32) / 255.0 for p in pool]
 
-    centres = [(a + b) / 2 for a, b in zip(NOISE_BINS[:-1], NOISE_BINS[1:], strict=True)]
+    centres = [(a + b) / 2 for a, b in itertools.pairwise(NOISE_BINS)]
     print("noise floor (8-bit levels) per intensity bin: 25th percentile of 16 px block sigmas")
     print(f"{'':34s}" + "".join(f"{a:>4d}-{b:<4d}" for a, b in
-                                zip(NOISE_BINS[:-1], NOISE_BINS[1:], strict=True))
+                                itertools.pairwise(NOISE_BINS))
           + "  tissue")
     real_curves: dict[str, np.ndarray] = {}
     real_tissue: dict[str, float] = {}

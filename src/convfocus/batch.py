@@ -115,16 +115,24 @@ def scan_job(job: SlideJob, out_root: str, opts: ScanOptions) -> SlideResult:
     """Scan one slide, turning expected failures into a result (runs in any worker)."""
     t0 = time.perf_counter()
     o = replace(opts, mpp=job.mpp if job.mpp is not None else opts.mpp)
+
+    def failed(message: str) -> SlideResult:
+        return SlideResult(job.path, "failed", None, message, time.perf_counter() - t0)
+
+    if job.path.is_dir() and not _is_dicom_dir(job.path):
+        return failed(f"{job.path}: no slides in this folder")
     try:
         grader = _cached_grader(None if o.model is None else str(o.model), o.device, o.backend,
                                 o.threads)
         out = scan_path(job.path, Path(out_root), options=o, grader=grader)
         return SlideResult(job.path, "done", out, None, time.perf_counter() - t0)
     except ConvFocusError as exc:
-        return SlideResult(job.path, "failed", None, str(exc), time.perf_counter() - t0)
+        return failed(str(exc))
     except MemoryError:
-        return SlideResult(job.path, "failed", None, f"{job.path}: out of memory",
-                           time.perf_counter() - t0)
+        return failed(f"{job.path}: out of memory")
+    except Exception as exc:  # one slide's unexpected failure never stops the batch
+        log.debug("unexpected error on %s", job.path, exc_info=True)
+        return failed(f"{job.path}: unexpected error ({type(exc).__name__}: {exc})")
 
 
 def _clean_partials(out_root: Path) -> None:
@@ -238,7 +246,11 @@ def run_batch(
         for i, j in todo:
             record(i, scan_job(j, str(out_root), opts))
     ordered = [results[i] for i in range(len(jobs))]
-    write_index(out_root, ordered)
+    try:
+        write_index(out_root, ordered)
+    except OSError as exc:
+        cause = exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc))
+        raise OutputError(f"cannot write the batch index: {cause}", out_root) from None
     return ordered
 
 
@@ -249,9 +261,15 @@ def _run_processes(todo, out_root: Path, opts: ScanOptions, workers: int, record
     threads = max(1, (os.cpu_count() or 1) // workers)
     o = replace(opts, threads=opts.threads or threads, read_threads=1)
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
-        futs = {ex.submit(scan_job, j, str(out_root), o): i for i, j in todo}
+        futs = {ex.submit(scan_job, j, str(out_root), o): (i, j) for i, j in todo}
         for f in as_completed(futs):
-            record(futs[f], f.result())
+            i, j = futs[f]
+            try:
+                r = f.result()
+            except Exception as exc:  # a worker process died (killed, out of memory)
+                r = SlideResult(j.path, "failed", None,
+                                f"{j.path}: worker error: {type(exc).__name__}: {exc}")
+            record(i, r)
 
 
 def _run_dask(todo, out_root: Path, opts: ScanOptions, address: str, record) -> None:  # type: ignore[no-untyped-def]
@@ -263,10 +281,16 @@ def _run_dask(todo, out_root: Path, opts: ScanOptions, address: str, record) -> 
         client = Client(address, timeout="20s")
     except (OSError, TimeoutError) as exc:
         raise ConfigError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+    # workers may run in another folder: send absolute paths
+    model = opts.model
+    if model is not None and Path(model).with_suffix(".json").is_file():
+        model = str(Path(model).resolve())
+    o = replace(opts, model=model)
     try:
         futs = {}
         for i, j in todo:
-            f = client.submit(scan_job, j, str(out_root.resolve()), opts, pure=False,
+            jr = replace(j, path=j.path.absolute())
+            f = client.submit(scan_job, jr, str(out_root.resolve()), o, pure=False,
                               key=f"convfocus-scan-{i}-{j.path.name}")
             futs[f] = i
         for f in as_completed(list(futs)):

@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -26,6 +26,23 @@ log = logging.getLogger("convfocus")
 
 #: Subcommand adders, in the order they appear in --help; each section appends its own.
 _ADDERS: list = []
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr (exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _unit_fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be within 0..1: {text!r}")
+    return value
 
 
 def _positive_float(text: str) -> float:
@@ -81,7 +98,7 @@ def _add_scan(sub: argparse._SubParsersAction) -> None:
                    help="verdict thresholds by clinical use (cytology is stricter)")
     p.add_argument("--window", type=_positive_int, default=None, help="window in model px (139)")
     p.add_argument("--stride", type=_positive_int, default=None, help="stride in model px (128)")
-    p.add_argument("--min-tissue", type=float, default=0.25,
+    p.add_argument("--min-tissue", type=_unit_fraction, default=0.25,
                    help="grade a window when at least this share of it is tissue (0.25)")
     p.add_argument("--workers", type=_positive_int, default=1, help="local worker processes")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
@@ -114,14 +131,17 @@ def _run_scan(args: argparse.Namespace) -> int:
     opts = _scan_options(args)
     load_grader(opts.model, device=opts.device, backend=opts.backend)  # fail early on the model
     jobs = expand_inputs(args.inputs)
+    # a progress bar over one slide says nothing that the result line does not
     results = run_batch(jobs, Path(args.out), opts, workers=args.workers,
-                        scheduler=args.scheduler, resume=args.resume, quiet=args.quiet)
+                        scheduler=args.scheduler, resume=args.resume,
+                        quiet=args.quiet or len(jobs) <= 1)
     failed = [r for r in results if r.status == "failed"]
     for r in results:
         if r.status != "failed" and not args.quiet:
             print(r.out / "report.html" if r.out else r.path)
     if failed:
-        print(f"convfocus: {len(failed)} of {len(results)} slides failed:", file=sys.stderr)
+        if len(results) > 1:
+            print(f"convfocus: {len(failed)} of {len(results)} slides failed:", file=sys.stderr)
         for r in failed:
             print(f"convfocus: error: {r.error}", file=sys.stderr)
         return 1
@@ -595,7 +615,7 @@ _ADDERS += [_add_sample, _add_rate, _add_view]
 # --- parser ------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="convfocus",
         description="Find and grade out-of-focus regions in whole-slide images (ConvFocus).",
     )

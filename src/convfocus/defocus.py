@@ -17,6 +17,7 @@ from functools import lru_cache
 
 import cv2
 import numpy as np
+from scipy.fft import dct, dctn, idctn
 
 from convfocus import NUM_CLASSES
 
@@ -105,7 +106,7 @@ class SynthesisConfig:
     jpeg_quality: tuple[int, int] = (70, 90)
     degrade_class0: bool = True  # noise + JPEG also on class 0, so they are no cue for blur
 
-    def with_(self, **kw: object) -> "SynthesisConfig":
+    def with_(self, **kw: object) -> SynthesisConfig:
         return replace(self, **kw)  # type: ignore[arg-type]
 
 
@@ -142,15 +143,21 @@ def sample_synthesis(
 @lru_cache(maxsize=256)
 def _disk_kernel_cached(r_q: int) -> np.ndarray:
     r = r_q / 1000.0
-    half = int(math.ceil(r + 0.5))
-    yy, xx = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float64)
-    # area coverage of each pixel by the disk, by 4x4 supersampling of the pixel square
-    sub = (np.arange(4) + 0.5) / 4.0 - 0.5
-    cover = np.zeros_like(xx)
-    for dy in sub:
-        for dx in sub:
-            cover += (xx + dx) ** 2 + (yy + dy) ** 2 <= r * r
-    k = cover / 16.0
+    half = math.ceil(r + 0.5)
+    ax = np.abs(np.arange(-half, half + 1, dtype=np.float64))
+    # area coverage of each pixel by the disk, by 4x4 supersampling of the pixel square;
+    # only pixels the circle crosses need the samples (the others are all in or all out)
+    near = np.maximum(ax - 0.5, 0.0)
+    far = ax + 0.5
+    inside = far[:, None] ** 2 + far[None, :] ** 2 <= r * r
+    outside = near[:, None] ** 2 + near[None, :] ** 2 > r * r
+    k = inside.astype(np.float64)
+    yi, xi = np.nonzero(~inside & ~outside)
+    if len(yi):
+        sub = (np.arange(4) + 0.5) / 4.0 - 0.5
+        sy = (yi - half)[:, None, None] + sub[None, :, None]
+        sx = (xi - half)[:, None, None] + sub[None, None, :]
+        k[yi, xi] = (sy * sy + sx * sx <= r * r).sum(axis=(1, 2)) / 16.0
     if k.sum() <= 0:  # r far below one pixel: identity
         k[half, half] = 1.0
     k = (k / k.sum()).astype(np.float32)
@@ -167,14 +174,14 @@ def disk_kernel(radius_px: float) -> np.ndarray:
     """
     if radius_px < 0:
         raise ValueError("radius must be >= 0")
-    return _disk_kernel_cached(int(round(radius_px * 1000)))
+    return _disk_kernel_cached(round(radius_px * 1000))
 
 
 def gaussian_kernel(sigma_px: float, *, truncate: float = 4.0) -> np.ndarray:
     """Normalised 1-D Gaussian kernel (apply separably)."""
     if sigma_px <= 0:
         return np.ones(1, np.float32)
-    half = max(1, int(math.ceil(truncate * sigma_px)))
+    half = max(1, math.ceil(truncate * sigma_px))
     x = np.arange(-half, half + 1, dtype=np.float64)
     k = np.exp(-0.5 * (x / sigma_px) ** 2)
     return (k / k.sum()).astype(np.float32)
@@ -185,29 +192,99 @@ def kernel_half_width(kind: str, param: float) -> int:
     if param <= 0:
         return 0
     if kind == "bokeh":
-        return int(math.ceil(param + 0.5))
-    return max(1, int(math.ceil(4.0 * param)))
+        return math.ceil(param + 0.5)
+    return max(1, math.ceil(4.0 * param))
 
 
 # --- application -------------------------------------------------------------------------------
 
+#: Kernel half-widths from which the blur runs in the cosine domain rather than spatially:
+#: a disk of 13 x 13 px or more (where cv2.filter2D would switch to its DFT anyway) and a
+#: Gaussian of sigma > 6 px. Both routes give the same result (tested); this is speed only.
+SPECTRAL_MIN_HALF_WIDTH = {"bokeh": 6, "gaussian": 25}
+
 
 def _pad(img: np.ndarray, m: int) -> np.ndarray:
-    """Mirror-pad (any width, repeated reflection), so borders carry no dark or bright seam."""
+    """Mirror-pad (symmetric, edge pixel repeated; any width by repeated reflection), so borders
+    carry no dark or bright seam. The padded image is a window of the image's 2h x 2w-periodic
+    mirror extension, the extension the cosine-domain blur assumes."""
     if m <= 0:
         return img
     h, w = img.shape[:2]
-    if m < h and m < w:
-        return cv2.copyMakeBorder(img, m, m, m, m, cv2.BORDER_REFLECT_101)
+    if m <= h and m <= w:
+        return cv2.copyMakeBorder(img, m, m, m, m, cv2.BORDER_REFLECT)
     pad = [(m, m), (m, m)] + [(0, 0)] * (img.ndim - 2)
     return np.pad(img, pad, mode="symmetric")
+
+
+def _fold_index(half: int, n: int) -> np.ndarray:
+    """Where taps -half..half land on 0..n under the 2n-periodic even extension."""
+    idx = np.arange(-half, half + 1) % (2 * n)
+    return np.where(idx > n, 2 * n - idx, idx)
+
+
+def _dct1_weights(n: int) -> np.ndarray:
+    w = np.full(n + 1, 0.5)
+    w[0] = w[-1] = 1.0
+    return w
+
+
+def _cosine_transfer_1d(k: np.ndarray, n: int) -> np.ndarray:
+    """Gain of each DCT-II frequency 0..n-1 under the symmetric 1-D kernel ``k`` on a signal of
+    ``n`` samples with mirror boundaries (the kernel's DCT-I, folded onto the period 2n)."""
+    acc = np.bincount(_fold_index(len(k) // 2, n), weights=k.astype(np.float64), minlength=n + 1)
+    return dct(acc * _dct1_weights(n), type=1)[:n]
+
+
+def _cosine_transfer(kind: str, param: float, h: int, w: int) -> np.ndarray:
+    """(h, w) gains of the DCT-II coefficients of an h x w image under the blur kernel."""
+    if kind == "gaussian":
+        g = gaussian_kernel(param)
+        return np.outer(_cosine_transfer_1d(g, h), _cosine_transfer_1d(g, w))
+    k = disk_kernel(param)
+    half = k.shape[0] // 2
+    iy, ix = _fold_index(half, h), _fold_index(half, w)
+    flat = (iy[:, None] * (w + 1) + ix[None, :]).ravel()
+    acc = np.bincount(flat, weights=k.ravel().astype(np.float64), minlength=(h + 1) * (w + 1))
+    acc = acc.reshape(h + 1, w + 1) * np.outer(_dct1_weights(h), _dct1_weights(w))
+    return dctn(acc.astype(np.float32), type=1, workers=1)[:h, :w]
+
+
+def _blur_cosine(img: np.ndarray, kind: str, param: float) -> np.ndarray:
+    """Blur under the mirror (symmetric) boundary in the cosine domain, float32 out.
+
+    A symmetric kernel convolved with the 2h x 2w-periodic mirror extension of the image
+    multiplies the image's DCT-II coefficients by the kernel's DCT-I (symmetric
+    convolution), so the cost is two transforms whatever the kernel's size; kernels
+    wider than the image fold onto the period exactly as repeated reflection does.
+
+    References: Martucci, "Symmetric convolution and the discrete sine and cosine
+    transforms", IEEE Trans. Signal Processing 42(5), 1994.
+    """
+    x = img.astype(np.float32, copy=False)
+    h, w = x.shape[:2]
+    gain = _cosine_transfer(kind, param, h, w).astype(np.float32)
+    if x.ndim == 3:
+        gain = gain[:, :, None]
+    c = dctn(x, type=2, axes=(0, 1), workers=1)
+    c *= gain
+    return idctn(c, type=2, axes=(0, 1), workers=1).astype(np.float32, copy=False)
+
+
+def use_cosine_route(kind: str, param: float, shape: tuple[int, ...]) -> bool:
+    """Whether :func:`apply_blur` blurs in the cosine domain (large kernels) or spatially."""
+    if kind not in BLUR_KINDS:
+        raise ValueError(f"unknown blur kind {kind!r}; expected one of {BLUR_KINDS}")
+    m = kernel_half_width(kind, param)
+    return m >= SPECTRAL_MIN_HALF_WIDTH[kind] or m > min(shape[0], shape[1])
 
 
 def blur_valid(img: np.ndarray, kind: str, param: float) -> np.ndarray:
     """Blur and keep only pixels whose whole kernel lies inside ``img`` (float32).
 
     The output is smaller by :func:`kernel_half_width` on each side. This is the
-    primitive for blurring a crop with real context around it.
+    primitive for blurring a crop with real context around it. cv2.filter2D runs
+    kernels of 11 x 11 px and more through its DFT.
     """
     m = kernel_half_width(kind, param)
     x = img.astype(np.float32, copy=False)
@@ -224,19 +301,25 @@ def blur_valid(img: np.ndarray, kind: str, param: float) -> np.ndarray:
     return out[m : out.shape[0] - m, m : out.shape[1] - m]
 
 
+def _to_dtype(out: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if dtype == np.uint8:
+        return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    return out.astype(dtype, copy=False)
+
+
 def apply_blur(rgb: np.ndarray, kind: str, param: float) -> np.ndarray:
     """Blur a whole image with no border artifacts; same shape and dtype as the input.
 
-    The image is mirror-padded by the kernel's reach (kernels larger than the
-    image are handled by repeated reflection), blurred, then cropped.
+    The image is extended by mirror reflection (repeated for kernels larger than the
+    image), blurred, then cropped: small kernels spatially on a padded copy, large
+    ones in the cosine domain (:func:`_blur_cosine`), with the same result.
     """
     if param <= 0:
         return rgb.copy()
+    if use_cosine_route(kind, param, rgb.shape):
+        return _to_dtype(_blur_cosine(rgb, kind, param), rgb.dtype)
     m = kernel_half_width(kind, param)
-    out = blur_valid(_pad(rgb, m), kind, param)
-    if rgb.dtype == np.uint8:
-        return np.clip(out + 0.5, 0, 255).astype(np.uint8)
-    return out.astype(rgb.dtype, copy=False)
+    return _to_dtype(blur_valid(_pad(rgb, m), kind, param), rgb.dtype)
 
 
 def add_poisson_noise(
@@ -244,21 +327,21 @@ def add_poisson_noise(
 ) -> np.ndarray:
     """Poisson sensor noise ``f(x) = P(x / S) * S`` per channel value, x in [0, 1].
 
-    Counts ``x / S`` above ``exact_below`` use the normal approximation
-    ``x + sqrt(x S) N(0, 1)`` (the same mean and variance, 5x faster).
+    Values whose count ``x / S`` is at least ``exact_below`` use the normal
+    approximation ``x + sqrt(x S) N(0, 1)`` (the same mean and variance, several times
+    faster); only the darker ones draw exact Poisson counts.
 
     References: Kohlberger et al. 2019, "Postblurring JPEG and noise artifacts".
     """
     if s <= 0:
         return x.astype(np.float32, copy=True)
     x = np.clip(x.astype(np.float32, copy=False), 0.0, 1.0)
-    lam = x / np.float32(s)
-    if float(lam.max(initial=0.0)) <= 0:
-        return x.copy()
-    if float(lam[lam > 0].min(initial=np.inf)) >= exact_below:
-        noise = rng.standard_normal(x.shape, dtype=np.float32)
-        return x + np.sqrt(x * np.float32(s)) * noise
-    return (rng.poisson(lam).astype(np.float32) * np.float32(s)).astype(np.float32)
+    s32 = np.float32(s)
+    out = x + np.sqrt(x * s32) * rng.standard_normal(x.shape, dtype=np.float32)
+    low = x < np.float32(exact_below * s)
+    if low.any():
+        out[low] = rng.poisson(x[low] / s32).astype(np.float32) * s32
+    return out
 
 
 def jpeg_roundtrip(rgb: np.ndarray, quality: int) -> np.ndarray:
@@ -283,13 +366,18 @@ def synthesize(
     reaches past the patch), which is far cheaper than blurring the whole patch.
     """
     m = kernel_half_width(config.kind, params.blur)
+    h, w = patch.shape[:2]
     if crop is None:
-        x0, y0, sw, sh = 0, 0, patch.shape[1], patch.shape[0]
+        x0, y0, sw, sh = 0, 0, w, h
     else:
         x0, y0, sw = crop
         sh = sw
-    if m > 0:
-        h, w = patch.shape[:2]
+    if m > 0 and use_cosine_route(config.kind, params.blur, patch.shape):
+        # a large kernel: blur the whole patch in the cosine domain (the same mirrored
+        # context as below, at a cost independent of the kernel's size), then crop
+        x = _blur_cosine(patch, config.kind, params.blur)[y0 : y0 + sh, x0 : x0 + sw]
+        x *= np.float32(1 / 255)
+    elif m > 0:
         need = (y0 - m < 0) or (x0 - m < 0) or (y0 + sh + m > h) or (x0 + sw + m > w)
         if need:
             src = _pad(patch, m)

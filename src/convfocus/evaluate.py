@@ -22,9 +22,7 @@ import io
 import json
 import logging
 import math
-import os
 import re
-import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,40 +69,29 @@ BENCHMARKS = ("focuspath", "tcga-focus")
 # --- writing outputs ---------------------------------------------------------------------------
 
 
-def _write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` under a temporary name, then rename (atomic)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+def _make_folder(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "xb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write: {exc.strerror or exc}", path) from None
+        raise OutputError(f"cannot create folder: {exc.strerror or exc}", path.parent) from None
+
+
+def _write_bytes(path: Path, data: bytes) -> Path:
+    """Write ``data`` atomically (temporary name, then rename), creating the folder."""
+    from convfocus.report import write_bytes_atomic
+
+    _make_folder(path)
+    write_bytes_atomic(path, data)
     return path
 
 
-def _plain(obj: Any) -> Any:
-    """JSON-ready copy: numpy scalars to Python, NaN/inf to null, tuples to lists."""
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return [_plain(v) for v in obj.tolist()]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def _write_json(path: Path, obj: Any) -> Path:
-    text = json.dumps(_plain(obj), indent=2, allow_nan=False)
-    return _write_bytes(path, (text + "\n").encode())
+    """Write ``obj`` as JSON atomically; numpy values become numbers, NaN ``null``."""
+    from convfocus.report import write_json_atomic
+
+    _make_folder(path)
+    write_json_atomic(path, obj)
+    return path
 
 
 def _write_figure(path: Path, fig: Any) -> Path:

@@ -296,13 +296,29 @@ def scan_path(
             _replace_dir(tmp, final)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise OutputError(f"cannot write outputs: {exc.strerror or exc}", final) from None
+            raise OutputError(f"cannot write outputs: {_os_cause(exc)}", final) from None
+        except OutputError as exc:  # a writer's own error names a file in the temporary folder
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise OutputError(f"cannot write outputs: {exc.message}", final) from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     finally:
         reader.close()
     return final
+
+
+def _os_cause(exc: OSError) -> str:
+    """``No space left on device`` rather than ``[Errno 28] ...`` or a bare ``28``."""
+    if exc.strerror:
+        return exc.strerror
+    if exc.errno:
+        return os.strerror(exc.errno)
+    return str(exc) or type(exc).__name__
+
+
+#: Longest side of ``heatmap.png`` is about this many pixels (an integer number per cell).
+HEATMAP_SIDE_PX = 900
 
 
 def write_outputs(
@@ -326,7 +342,10 @@ def write_outputs(
     thumb = g.extra["thumbnail"]
     write_png(folder / "thumbnail.png", thumb)
     geom = heatmap.GridGeometry.coerce({**grid_d, "th_downsample": g.extra["th_downsample"]})
-    write_bytes(folder / "heatmap.png", heatmap.heatmap_png(g.classmap))
+    # heatmap.png: the class map itself, one square of cell_px per cell, RGBA with transparent
+    # non-tissue (it lies over the grid exactly); the report shows it drawn with a legend
+    cell_px = max(1, HEATMAP_SIDE_PX // max(g.classmap.shape))
+    write_png(folder / "heatmap.png", heatmap.heatmap_rgba(g.classmap, cell_px=cell_px))
     write_bytes(folder / "overlay.png", heatmap.overlay_png(thumb, g.classmap, geom))
     geo = regions.oof_regions(g.classmap, geom, mpp=g.extra["slide_mpp"],
                               l0_dimensions=reader.dimensions)
@@ -341,7 +360,7 @@ def write_outputs(
     )
     html = report.render_report_html(
         summary, overlay_png=(folder / "overlay.png").read_bytes(),
-        heatmap_png=(folder / "heatmap.png").read_bytes(),
+        heatmap_png=heatmap.heatmap_png(g.classmap),
         histogram_png=heatmap.histogram_png(g.classmap), geojson=geo,
     )
     report.write_text_atomic(folder / "report.html", html)

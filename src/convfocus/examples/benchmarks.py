@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,11 +42,11 @@ def _field(size: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _write_list(path: Path, rows: list[list[object]]) -> None:
+    from convfocus.report import write_text_atomic
+
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(rows)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
+    write_text_atomic(path, buf.getvalue())
 
 
 def make_focuspath_standin(

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,12 +59,6 @@ def _oof_class(rng: np.random.Generator) -> int:
     return int(rng.choice(NUM_CLASSES, p=p / p.sum()))
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def make_detector_example(
     out_dir: str | Path,
     *,
@@ -81,7 +74,10 @@ def make_detector_example(
     """
     from convfocus.defocus import apply_blur, sample_blur_param
     from convfocus.examples.detector import dab_density, score_windows
+    from convfocus.report import write_bytes_atomic
 
+    if not 0 < blur_windows_per_slide <= windows_per_slide:
+        raise ValueError("blur_windows_per_slide must be in 1..windows_per_slide")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -99,22 +95,17 @@ def make_detector_example(
     positive_area = (dab_density(images) > 0.12).mean(axis=(1, 2))
     labels = (positive_area > np.median(positive_area)).astype(np.int64)
 
-    rows = []
-    blurred = np.empty_like(images)
-    classes = np.empty(len(images), dtype=np.int64)
-    for i, img in enumerate(images):
-        c = _oof_class(rng)
-        classes[i] = c
-        blurred[i] = apply_blur(img, "bokeh", sample_blur_param(c, rng))
+    classes = np.array([_oof_class(rng) for _ in range(len(images))])
+    blurred = np.stack([apply_blur(img, "bokeh", sample_blur_param(int(c), rng))
+                        for img, c in zip(images, classes)])
     scores = score_windows(blurred)
-    for i in range(len(images)):
-        rows.append([slides[i], xy[i][0], xy[i][1], f"{scores[i]:.6f}", labels[i], classes[i]])
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["slide", "x_px", "y_px", "score", "label", "oof_class"])
-    writer.writerows(rows)
+    writer.writerows([s, x, y, f"{v:.6f}", lab, c]
+                     for s, (x, y), v, lab, c in zip(slides, xy, scores, labels, classes))
     scores_csv = out / "scores.csv"
-    _atomic_bytes(scores_csv, text.getvalue().encode())
+    write_bytes_atomic(scores_csv, text.getvalue().encode())
 
     keep = np.concatenate(
         [np.arange(k * windows_per_slide, k * windows_per_slide + blur_windows_per_slide)
@@ -125,5 +116,5 @@ def make_detector_example(
         buf, images=images[keep], labels=labels[keep], slides=np.asarray(slides)[keep]
     )
     windows_npz = out / "windows.npz"
-    _atomic_bytes(windows_npz, buf.getvalue())
+    write_bytes_atomic(windows_npz, buf.getvalue())
     return DetectorExample(scores_csv, windows_npz)
