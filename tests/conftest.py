@@ -68,3 +68,28 @@ def aperio_tiff(tmp_path_factory: pytest.TempPathFactory, tissue_rgb: np.ndarray
 
     path = tmp_path_factory.mktemp("slides") / "ihc-aperio.svs"
     return write_pyramidal_tiff(path, tissue_rgb, mpp=SLIDE_MPP, aperio=True)
+
+
+@pytest.fixture(scope="session")
+def fixture_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small untrained ``lite`` network (seed 0, eval mode) saved with its spec and ONNX graph.
+
+    For pipeline tests only: its classes mean nothing. The classifier's weights are scaled up
+    so that probabilities differ between windows by more than the float16 / 4-decimal
+    rounding of the outputs (an untrained head gives nearly uniform probabilities). Returns
+    the model's path without suffix (``.../m``), which ``model=`` / ``--model`` accept.
+    """
+    import torch
+
+    from convfocus.checkpoint import save_model
+    from convfocus.model import build_model
+    from convfocus.types import ModelSpec
+
+    torch.manual_seed(0)
+    net = build_model("lite").eval()
+    with torch.no_grad():
+        net.fc.weight.mul_(30.0)
+        net.fc.bias.mul_(30.0)
+    base = tmp_path_factory.mktemp("model") / "m"
+    save_model(base, net, ModelSpec(name="fixture", version="0", arch="lite"))
+    return base

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -60,7 +61,7 @@ def test_class_intervals_tile_the_range() -> None:
     for kind in ("gaussian", "bokeh"):
         for spacing in ("exponential", "linear"):
             bounds = [class_interval(c, kind=kind, spacing=spacing) for c in range(1, 30)]
-            for (_, hi), (lo, _) in zip(bounds[:-1], bounds[1:], strict=True):
+            for (_, hi), (lo, _) in itertools.pairwise(bounds):
                 assert lo == pytest.approx(hi, rel=1e-12)
 
 
@@ -164,7 +165,7 @@ def test_more_blur_never_raises_gradient_energy(tissue: np.ndarray, kind: str) -
         return math.sqrt(lo * hi) if c else 0.0
 
     energy = [grad_energy(apply_blur(tissue, kind, centre(c))) for c in range(30)]
-    assert all(b < a for a, b in zip(energy[:-1], energy[1:], strict=True)), energy
+    assert all(b < a for a, b in itertools.pairwise(energy)), energy
 
 
 @pytest.mark.parametrize(("kind", "p"), [("bokeh", 1.4), ("bokeh", 9.0), ("bokeh", 200.0),
@@ -259,6 +260,6 @@ def test_dark_values_get_exact_poisson_counts() -> None:
 def test_jpeg_error_falls_with_quality(tissue: np.ndarray) -> None:
     err = [float(((jpeg_roundtrip(tissue, q).astype(float) - tissue) ** 2).mean())
            for q in (30, 70, 80, 90, 100)]
-    assert all(b < a for a, b in zip(err[:-1], err[1:], strict=True)), err
+    assert all(b < a for a, b in itertools.pairwise(err)), err
     out = jpeg_roundtrip(tissue, 80)
     assert out.dtype == np.uint8 and out.shape == tissue.shape

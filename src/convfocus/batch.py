@@ -188,7 +188,7 @@ class Progress:
 
 
 def _hms(s: float) -> str:
-    s = int(round(s))
+    s = round(s)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
@@ -255,8 +255,8 @@ def run_batch(
 
 
 def _run_processes(todo, out_root: Path, opts: ScanOptions, workers: int, record) -> None:  # type: ignore[no-untyped-def]
-    from concurrent.futures import ProcessPoolExecutor, as_completed
     import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     threads = max(1, (os.cpu_count() or 1) // workers)
     o = replace(opts, threads=opts.threads or threads, read_threads=1)
@@ -266,7 +266,7 @@ def _run_processes(todo, out_root: Path, opts: ScanOptions, workers: int, record
             i, j = futs[f]
             try:
                 r = f.result()
-            except Exception as exc:  # a worker process died (killed, out of memory)
+            except Exception as exc:  # noqa: BLE001 - a worker process died (killed, OOM)
                 r = SlideResult(j.path, "failed", None,
                                 f"{j.path}: worker error: {type(exc).__name__}: {exc}")
             record(i, r)
@@ -296,7 +296,7 @@ def _run_dask(todo, out_root: Path, opts: ScanOptions, address: str, record) -> 
         for f in as_completed(list(futs)):
             try:
                 r = f.result()
-            except Exception as exc:  # a worker died or raised unexpectedly
+            except Exception as exc:  # noqa: BLE001 - a worker died or raised unexpectedly
                 j = dict(todo)[futs[f]]
                 r = SlideResult(j.path, "failed", None, f"{j.path}: worker error: {exc}")
             record(futs[f], r)

@@ -634,6 +634,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s: %(message)s",
     )
+    if not args.verbose:
+        # the slide reader turns a damaged TIFF into one clear error of its own; tifffile's
+        # messages about the same file (several ERROR lines) are only noise then
+        logging.getLogger("tifffile").setLevel(logging.CRITICAL)
     try:
         return int(args.func(args) or 0)
     except ConvFocusError as exc:

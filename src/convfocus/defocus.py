@@ -93,9 +93,15 @@ def sample_blur_param(
 class SynthesisConfig:
     """How a blurred training patch is made (one ablation configuration = one of these).
 
-    ``noise_s_8bit`` is the Poisson scale ``S`` expressed on the 0..255 scale, drawn
-    log-uniformly from the interval; see docs/paper-fidelity.md for why it differs from
-    the paper's (0.01, 64) on x in [0, 1].
+    ``noise_s_8bit`` is the Poisson scale ``S`` expressed on the 0..255 scale (noise
+    variance ``x S`` in 8-bit levels), drawn log-uniformly from the interval. The default
+    (0.05, 0.5), i.e. (2e-4, 2e-3) on x in [0, 1], gives blurred, JPEG-compressed patches
+    a noise floor of 0.35-1.0 levels (10th-90th percentile; median 0.52), as measured on
+    real scans (0.53 out of focus, 0.75-1.1 in focus); the paper's (0.01, 64) gives 5-12
+    levels at its smallest S and pure noise at its largest. Measured by
+    bench/noise_study.py; see docs/paper-fidelity.md.
+
+    References: Kohlberger et al. 2019, "Postblurring JPEG and noise artifacts".
     """
 
     kind: str = "bokeh"
@@ -199,7 +205,7 @@ def kernel_half_width(kind: str, param: float) -> int:
 # --- application -------------------------------------------------------------------------------
 
 #: Kernel half-widths from which the blur runs in the cosine domain rather than spatially:
-#: a disk of 13 x 13 px or more (where cv2.filter2D would switch to its DFT anyway) and a
+#: a disk of 13 x 13 px or more (cv2.filter2D switches to its DFT from 12 x 12) and a
 #: Gaussian of sigma > 6 px. Both routes give the same result (tested); this is speed only.
 SPECTRAL_MIN_HALF_WIDTH = {"bokeh": 6, "gaussian": 25}
 
@@ -284,7 +290,7 @@ def blur_valid(img: np.ndarray, kind: str, param: float) -> np.ndarray:
 
     The output is smaller by :func:`kernel_half_width` on each side. This is the
     primitive for blurring a crop with real context around it. cv2.filter2D runs
-    kernels of 11 x 11 px and more through its DFT.
+    float kernels of 130 px area and more (12 x 12 and up) through its DFT.
     """
     m = kernel_half_width(kind, param)
     x = img.astype(np.float32, copy=False)
@@ -349,7 +355,10 @@ def jpeg_roundtrip(rgb: np.ndarray, quality: int) -> np.ndarray:
     ok, buf = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
         raise ValueError("JPEG encoding failed")
-    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].copy()
+    out = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if out is None:
+        raise ValueError("JPEG decoding failed")
+    return out[..., ::-1].copy()
 
 
 def synthesize(

@@ -92,23 +92,23 @@ def read_model_region(
     model's pixel size is read instead of level 0.
     """
     if abs(scale - 1.0) < 1e-6:
-        return reader.read_region((int(round(l0_x)), int(round(l0_y))), 0, (out_w, out_h))
+        return reader.read_region((round(l0_x), round(l0_y)), 0, (out_w, out_h))
     level = 0
     if scale < 1.0 and hasattr(reader, "level_downsamples"):
         for i, ds in enumerate(reader.level_downsamples):
             if ds <= 1.0 / scale * 1.0001:
                 level = i
     ds = float(reader.level_downsamples[level]) if level else 1.0
-    w_l = int(math.ceil(out_w / scale / ds)) + 1
-    h_l = int(math.ceil(out_h / scale / ds)) + 1
-    x_i, y_i = int(math.floor(l0_x)), int(math.floor(l0_y))
+    w_l = math.ceil(out_w / scale / ds) + 1
+    h_l = math.ceil(out_h / scale / ds) + 1
+    x_i, y_i = math.floor(l0_x), math.floor(l0_y)
     img = reader.read_region((x_i, y_i), level, (w_l, h_l))
     # exact sub-pixel placement: output pixel u samples level pixel (u / (scale*ds) + frac)
     f = scale * ds
     m = np.float32([[f, 0, -(l0_x - x_i) / ds * f], [0, f, -(l0_y - y_i) / ds * f]])
     interp = cv2.INTER_CUBIC if f > 1 else cv2.INTER_AREA
     if f < 1:
-        return cv2.resize(img[: int(round(out_h / f)), : int(round(out_w / f))], (out_w, out_h),
+        return cv2.resize(img[: round(out_h / f), : round(out_w / f)], (out_w, out_h),
                           interpolation=interp)
     return cv2.warpAffine(img, m, (out_w, out_h), flags=interp, borderMode=cv2.BORDER_REPLICATE)
 
@@ -212,7 +212,7 @@ def tiles_rows(g: Grading, *, blur_mpp: float) -> Iterator[list[Any]]:
         p = p / max(p.sum(), 1e-12)
         k = int(g.classmap[r, c])
         yield [
-            int(round(ox + c * g.l0_stride_px)), int(round(oy + r * g.l0_stride_px)), int(r),
+            round(ox + c * g.l0_stride_px), round(oy + r * g.l0_stride_px), int(r),
             int(c), k, round(float(p @ idx), 3), round(float(p.max()), 4),
             round(class_blur_radius_px(k) * blur_mpp, 3), *(f"{v:.4f}" for v in p),
         ]
@@ -381,5 +381,12 @@ def write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["ScanOptions", "Grading", "grade_slide", "scan_path", "is_complete", "output_dir",
-           "ConvFocusError"]
+__all__ = [
+    "ConvFocusError",
+    "Grading",
+    "ScanOptions",
+    "grade_slide",
+    "is_complete",
+    "output_dir",
+    "scan_path",
+]

@@ -256,6 +256,14 @@ def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
     return json.loads(json.dumps(asdict(cfg)))
 
 
+#: Settings a run may change when it resumes (schedule length, reporting, parallelism).
+RESUMABLE_CHANGES = ("steps", "val_every", "ckpt_every", "workers")
+
+
+def _fixed(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k not in RESUMABLE_CHANGES}
+
+
 def train(
     pool: Path,
     out: Path,
@@ -282,16 +290,20 @@ def train(
         raise ConfigError("the pool has no validation patches (split by source)", pool)
     dev = torch.device("cuda" if device == "cuda" or (device == "auto" and
                                                      torch.cuda.is_available()) else "cpu")
+    ckpt = out / "ckpt.pt"
+    state: dict[str, Any] | None = None
+    if ckpt.is_file():
+        state = torch.load(ckpt, map_location=dev, weights_only=False)
+        if _fixed(state["config"]) != _fixed(_config_dict(cfg)):
+            log.warning("resuming with the settings the run was started with (they differ from "
+                        "the ones given now, except %s)", ", ".join(RESUMABLE_CHANGES))
+        cfg = replace(config_from_dict(state["config"]),
+                      **{k: getattr(cfg, k) for k in RESUMABLE_CHANGES})
     torch.manual_seed(cfg.seed)
     net = build_model(cfg.arch).to(dev)
     opt = _optimizer(cfg, net.parameters())
     step, best = 0, None
-    ckpt = out / "ckpt.pt"
-    if ckpt.is_file():
-        state = torch.load(ckpt, map_location=dev, weights_only=False)
-        if state["config"] != _config_dict(cfg):
-            raise ConfigError("a checkpoint with other settings exists here; use another --out",
-                              ckpt)
+    if state is not None:
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optim"])
         step, best = state["step"], state.get("best")

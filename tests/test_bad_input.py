@@ -1,0 +1,287 @@
+"""Bad input at the command line: one clear line on stderr naming the file and the cause, a
+non-zero exit code, no traceback, and no partial output folder; a batch goes on past a failed
+slide."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from convfocus.cli import main
+from convfocus.slide import write_pyramidal_tiff
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _scan(capsys: pytest.CaptureFixture[str], model: Path, out: Path, *inputs: Path | str,
+          extra: tuple[str, ...] = ()) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = main(["scan", *map(str, inputs), "--out", str(out), "--model", str(model), *extra])
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def _assert_one_clear_line(rc: int, err: str, names: str, *causes: str) -> str:
+    assert rc != 0
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    line = lines[0]
+    assert names in line, line
+    assert any(c.lower() in line.lower() for c in causes), line
+    return line
+
+
+def _assert_no_partial_output(out: Path, stem: str) -> None:
+    if not out.exists():
+        return
+    names = [p.name for p in out.iterdir()]
+    assert stem not in names, names
+    assert not [n for n in names if ".partial-" in n or ".old-" in n], names
+
+
+@pytest.fixture(scope="module")
+def good_slide(tmp_path_factory: pytest.TempPathFactory, tissue_rgb: np.ndarray) -> Path:
+    """A small valid slide (1024 x 768 px of tissue, 0.25 µm/px)."""
+    path = tmp_path_factory.mktemp("good") / "good-slide.tif"
+    return write_pyramidal_tiff(path, np.ascontiguousarray(tissue_rgb[:768, :1024]), mpp=0.25)
+
+
+# --- one bad input: one line ---------------------------------------------------------------------
+
+
+def _missing(tmp: Path) -> tuple[Path, tuple[str, ...]]:
+    return tmp / "missing.svs", ("no such file",)
+
+
+def _empty_folder(tmp: Path) -> tuple[Path, tuple[str, ...]]:
+    d = tmp / "no-slides-here"
+    d.mkdir()
+    (d / "notes.txt").write_text("nothing to scan\n")
+    return d, ("no slides",)
+
+
+def _text_file(tmp: Path) -> tuple[Path, tuple[str, ...]]:
+    p = tmp / "readme.txt"
+    p.write_text("this is not a slide\n")
+    return p, ("unsupported format",)
+
+
+def _random_svs(tmp: Path) -> tuple[Path, tuple[str, ...]]:
+    p = tmp / "noise.svs"
+    p.write_bytes(np.random.default_rng(0).integers(0, 256, 20_000, dtype=np.uint8).tobytes())
+    return p, ("not a valid .svs", "corrupt")
+
+
+def _white_slide(tmp: Path) -> tuple[Path, tuple[str, ...]]:
+    p = tmp / "blank-glass.tif"
+    write_pyramidal_tiff(p, np.full((768, 1024, 3), 250, np.uint8), mpp=0.25)
+    return p, ("no tissue",)
+
+
+def _tiny_slide(tmp: Path, tissue: np.ndarray) -> tuple[Path, tuple[str, ...]]:
+    p = tmp / "tiny.tif"
+    write_pyramidal_tiff(p, np.ascontiguousarray(tissue[600:700, 600:700]), mpp=0.25)
+    return p, ("smaller than one window",)
+
+
+def _no_pixel_size(tmp: Path, tissue: np.ndarray) -> tuple[Path, tuple[str, ...]]:
+    """A two-level tiled TIFF without resolution tags or vendor metadata."""
+    import tifffile
+
+    p = tmp / "no-mpp.tif"
+    lv0 = np.ascontiguousarray(tissue[:1024, :1024])
+    with tifffile.TiffWriter(p) as tw:
+        tw.write(lv0, tile=(256, 256), photometric="rgb", compression="jpeg", subifds=1,
+                 metadata=None)
+        tw.write(np.ascontiguousarray(lv0[::2, ::2]), tile=(256, 256), photometric="rgb",
+                 compression="jpeg", subfiletype=1, metadata=None)
+    return p, ("no pixel size", "--mpp")
+
+
+CASES = ["missing", "empty-folder", "text-file", "random-bytes-svs", "all-white", "tiny",
+         "no-pixel-size"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_gives_one_clear_line(case: str, tmp_path: Path, tissue_rgb: np.ndarray,
+                                        fixture_model: Path, capsys):
+    make = {
+        "missing": _missing, "empty-folder": _empty_folder, "text-file": _text_file,
+        "random-bytes-svs": _random_svs, "all-white": _white_slide,
+        "tiny": lambda t: _tiny_slide(t, tissue_rgb),
+        "no-pixel-size": lambda t: _no_pixel_size(t, tissue_rgb),
+    }[case]
+    path, causes = make(tmp_path)
+    out = tmp_path / "out"
+    rc, stdout, err = _scan(capsys, fixture_model, out, path)
+    _assert_one_clear_line(rc, err, path.name, *causes)
+    assert stdout == ""
+    _assert_no_partial_output(out, path.stem if path.is_file() else path.name)
+
+
+def test_broken_svs_from_shared_data(shared_data: Path, tmp_path: Path, fixture_model: Path,
+                                     capsys):
+    broken = shared_data / "slides" / "broken.svs"
+    if not broken.is_file():
+        pytest.skip(f"{broken} not present")
+    rc, _, err = _scan(capsys, fixture_model, tmp_path / "out", broken)
+    _assert_one_clear_line(rc, err, "broken.svs", "not a valid .svs", "corrupt")
+    _assert_no_partial_output(tmp_path / "out", "broken")
+
+
+def test_shared_slide_without_pixel_size(shared_data: Path, tmp_path: Path, fixture_model: Path,
+                                         capsys):
+    """The TCGA frozen section stores no pixel size: ask for --mpp rather than guess."""
+    slide = shared_data / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
+    if not slide.is_file():
+        pytest.skip(f"{slide} not present")
+    rc, _, err = _scan(capsys, fixture_model, tmp_path / "out", slide)
+    _assert_one_clear_line(rc, err, slide.name, "--mpp")
+    _assert_no_partial_output(tmp_path / "out", slide.stem)
+
+
+# --- output problems ---------------------------------------------------------------------------
+
+
+def _permission_bits_stop_writes(folder: Path) -> bool:
+    probe = folder / ".probe"
+    try:
+        probe.write_text("")
+    except OSError:
+        return True
+    probe.unlink()
+    return False
+
+
+def test_output_path_below_a_regular_file(tmp_path: Path, good_slide: Path,
+                                          fixture_model: Path, capsys):
+    """An output folder nobody can create, root included."""
+    (tmp_path / "file.txt").write_text("a regular file\n")
+    out = tmp_path / "file.txt" / "sub"
+    rc, _, err = _scan(capsys, fixture_model, out, good_slide)
+    _assert_one_clear_line(rc, err, str(out), "not a directory", "cannot create")
+    assert (tmp_path / "file.txt").read_text() == "a regular file\n"
+
+
+def test_unwritable_folder_with_permission_bits(tmp_path: Path, good_slide: Path,
+                                                fixture_model: Path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if not _permission_bits_stop_writes(locked):
+            pytest.skip("running as root: permission bits do not stop writes "
+                        "(test_output_path_below_a_regular_file covers an unwritable output)")
+        rc, _, err = _scan(capsys, fixture_model, locked, good_slide)
+        _assert_one_clear_line(rc, err, "locked", "not writable", "permission denied")
+        _assert_no_partial_output(locked, good_slide.stem)
+    finally:
+        locked.chmod(0o700)
+
+
+def _enospc() -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_full_disk_while_writing_outputs(tmp_path: Path, good_slide: Path, fixture_model: Path,
+                                         capsys, monkeypatch):
+    """The disk fills up after some outputs are written: one line, no partial folder."""
+    import convfocus.scan as scan_mod
+
+    real_save = np.save
+    calls = []
+
+    def save_then_fail(path, arr, *a, **kw):  # classmap.npy is written, probs.npy is not
+        calls.append(Path(path).name)
+        if len(calls) > 1:
+            raise _enospc()
+        return real_save(path, arr, *a, **kw)
+
+    monkeypatch.setattr(scan_mod.np, "save", save_then_fail)
+    out = tmp_path / "out"
+    rc, _, err = _scan(capsys, fixture_model, out, good_slide)
+    monkeypatch.undo()
+    assert calls == ["classmap.npy", "probs.npy"]
+    line = _assert_one_clear_line(rc, err, good_slide.stem, "no space left on device")
+    assert ".partial-" not in line
+    _assert_no_partial_output(out, good_slide.stem)
+
+
+def test_full_disk_in_an_image_writer(tmp_path: Path, good_slide: Path, fixture_model: Path,
+                                      capsys, monkeypatch):
+    """A writer that raises its own OutputError naming a file in the temporary folder: the
+    line names the slide's output folder, not the temporary one."""
+    import convfocus.slide as slide_mod
+    from convfocus.errors import OutputError
+
+    def full(path, *a, **kw):
+        raise OutputError(f"cannot write: {os.strerror(errno.ENOSPC)}", path)
+
+    monkeypatch.setattr(slide_mod, "write_png", full)
+    out = tmp_path / "out"
+    rc, _, err = _scan(capsys, fixture_model, out, good_slide)
+    line = _assert_one_clear_line(rc, err, str(out / good_slide.stem), "no space left on device")
+    assert ".partial-" not in line
+    _assert_no_partial_output(out, good_slide.stem)
+
+
+# --- several inputs ----------------------------------------------------------------------------
+
+
+def test_one_failure_does_not_stop_the_batch(tmp_path: Path, good_slide: Path,
+                                             fixture_model: Path, capsys):
+    broken = tmp_path / "broken.svs"
+    broken.write_bytes(b"II*\x00" + b"\x00" * 200)
+    out = tmp_path / "out"
+    rc, stdout, err = _scan(capsys, fixture_model, out, broken, good_slide)
+    assert rc == 1
+    assert "Traceback" not in err
+    from convfocus.scan import is_complete
+
+    assert is_complete(out / good_slide.stem)
+    assert stdout.strip() == str(out / good_slide.stem / "report.html")
+    lines = err.strip().splitlines()
+    assert "1 of 2 slides failed" in lines[-2]
+    assert "broken.svs" in lines[-1] and "corrupt" in lines[-1]
+    _assert_no_partial_output(out, "broken")
+    index = (out / "index.csv").read_text()
+    assert "broken.svs" in index and good_slide.stem in index
+
+
+def test_failures_are_listed_after_the_progress_lines(tmp_path: Path, good_slide: Path,
+                                                      fixture_model: Path, capsys):
+    out = tmp_path / "out"
+    good = tmp_path / "again.tif"
+    good.write_bytes(good_slide.read_bytes())
+    rc, _, err = _scan(capsys, fixture_model, out, tmp_path / "missing-1.svs", good,
+                       tmp_path / "missing-2.svs")
+    assert rc == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 3 + 3  # a progress line per slide, then the failures
+    assert all(ln.startswith("[") for ln in lines[:3])
+    assert "2 of 3 slides failed" in lines[3]
+    assert "missing-1.svs" in lines[4] and "missing-2.svs" in lines[5]
+
+
+# --- the real console script -------------------------------------------------------------------
+
+
+def test_console_script_bad_input(tmp_path: Path, fixture_model: Path):
+    exe = Path(sys.executable).with_name("convfocus")
+    if not exe.is_file():
+        pytest.skip(f"console script not installed beside {sys.executable}")
+    bad = tmp_path / "corrupt.svs"
+    bad.write_bytes(b"II*\x00" + b"\x00" * 200)  # a TIFF header and nothing else
+    out = tmp_path / "out"
+    proc = subprocess.run([str(exe), "scan", str(bad), "--out", str(out), "--model",
+                           str(fixture_model)], capture_output=True, text=True, timeout=120)
+    _assert_one_clear_line(proc.returncode, proc.stderr, "corrupt.svs", "corrupt")
+    assert proc.stdout == ""
+    _assert_no_partial_output(out, "corrupt")

@@ -1,0 +1,251 @@
+"""Batch scanning: inputs, resume after a kill, the index, local worker processes and a Dask
+cluster. Every way of running a batch must give byte-identical tiles.csv files."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from convfocus.batch import SlideJob, expand_inputs, run_batch
+from convfocus.errors import ConfigError
+from convfocus.scan import ScanOptions, is_complete
+from convfocus.slide import write_pyramidal_tiff
+
+# --- expand_inputs -----------------------------------------------------------------------------
+
+
+def _touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path
+
+
+def test_expand_files_keeps_order_and_drops_duplicates(tmp_path: Path):
+    a, b = _touch(tmp_path / "a.svs"), _touch(tmp_path / "b.tif")
+    missing = tmp_path / "missing.ndpi"
+    jobs = expand_inputs([b, a, str(b), missing])
+    assert [j.path for j in jobs] == [b, a, missing]  # a missing file is kept: scanning says so
+    assert all(j.mpp is None for j in jobs)
+
+
+def test_expand_folder_finds_slides_recursively(tmp_path: Path):
+    root = tmp_path / "slides"
+    found = [_touch(root / "b.svs"), _touch(root / "a.ndpi"), _touch(root / "sub" / "c.tiff")]
+    _touch(root / "notes.txt")
+    _touch(root / ".hidden" / "d.svs")
+    _touch(root / ".e.svs")
+    jobs = expand_inputs([root])
+    assert sorted(j.path for j in jobs) == sorted(found)
+    assert [j.path for j in jobs] == sorted(j.path for j in jobs)
+
+
+def test_expand_csv_manifest_with_mpp(tmp_path: Path):
+    a, b = _touch(tmp_path / "data" / "a.svs"), _touch(tmp_path / "data" / "b.tif")
+    manifest = tmp_path / "list.csv"
+    manifest.write_text("slide,mpp,note\ndata/a.svs,0.5,x\ndata/b.tif,,y\n")
+    jobs = expand_inputs([manifest])
+    assert jobs == [SlideJob(a.resolve(), 0.5), SlideJob(b.resolve(), None)]
+    other = tmp_path / "paths.csv"
+    other.write_text(f"path\n{a}\n")
+    assert expand_inputs([other]) == [SlideJob(a.resolve(), None)]
+
+
+@pytest.mark.parametrize("text, why", [
+    ("slide,mpp\na.svs,fast\n", "not a number"),
+    ("file\na.svs\n", "'slide' or 'path' column"),
+    ("slide,mpp\n", "no rows"),
+])
+def test_bad_manifest(tmp_path: Path, text: str, why: str):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(text)
+    with pytest.raises(ConfigError, match=why):
+        expand_inputs([manifest])
+
+
+# --- a small batch -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def batch_dir(tmp_path_factory: pytest.TempPathFactory, tissue_rgb: np.ndarray) -> Path:
+    """Three small slides (768 x 512 px, 0.25 µm/px) cut from different parts of the generated
+    tissue, glass included; one has a blurred patch."""
+    from convfocus.defocus import apply_blur
+
+    d = tmp_path_factory.mktemp("batch-slides")
+    a = np.ascontiguousarray(tissue_rgb[128:640, 128:896])
+    b = np.ascontiguousarray(tissue_rgb[1024:1536, 1280:2048][:, ::-1])
+    c = np.ascontiguousarray(tissue_rgb[600:1112, 700:1468])
+    c[100:400, 200:500] = apply_blur(c[100:400, 200:500], "bokeh", 8.0)
+    for name, img in (("slide-a", a), ("slide-b", b), ("slide-c", c)):
+        write_pyramidal_tiff(d / f"{name}.tif", img, mpp=0.25)
+    return d
+
+
+STEMS = ["slide-a", "slide-b", "slide-c"]
+
+
+@pytest.fixture(scope="module")
+def opts(fixture_model: Path) -> ScanOptions:
+    return ScanOptions(model=str(fixture_model))
+
+
+@pytest.fixture(scope="module")
+def reference(batch_dir: Path, opts: ScanOptions, tmp_path_factory) -> Path:
+    """Output root of an uninterrupted one-process run."""
+    out = tmp_path_factory.mktemp("reference")
+    results = run_batch(expand_inputs([batch_dir]), out, opts, quiet=True)
+    assert [r.status for r in results] == ["done"] * 3, [r.error for r in results]
+    return out
+
+
+def _assert_same_tiles(out: Path, reference: Path, stems=STEMS) -> None:
+    for stem in stems:
+        assert is_complete(out / stem), stem
+        got, want = (out / stem / "tiles.csv").read_bytes(), (reference / stem / "tiles.csv")
+        assert got == want.read_bytes(), f"{stem}/tiles.csv differs"
+
+
+def _leftovers(out: Path) -> list[str]:
+    return [p.name for p in out.iterdir() if ".partial-" in p.name or ".old-" in p.name]
+
+
+def _index_rows(out: Path) -> list[dict[str, str]]:
+    with open(out / "index.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_index_lists_every_slide_with_its_verdict(reference: Path):
+    rows = _index_rows(reference)
+    assert [r["name"] for r in rows] == STEMS
+    assert all(r["status"] == "done" and r["error"] == "" for r in rows)
+    assert all(r["verdict"] in {"pass", "review", "rescan"} for r in rows)
+    assert [r["report"] for r in rows] == [f"{s}/report.html" for s in STEMS]
+    html = (reference / "index.html").read_text(encoding="utf-8")
+    for stem, r in zip(STEMS, rows, strict=True):
+        assert stem in html and f"{stem}/report.html" in html and r["verdict"] in html
+
+
+def test_index_lists_failed_slides_too(batch_dir: Path, opts: ScanOptions, tmp_path: Path):
+    broken = tmp_path / "broken.svs"
+    broken.write_bytes(b"not a slide")
+    results = run_batch([SlideJob(broken)], tmp_path / "out", opts, quiet=True)
+    assert [r.status for r in results] == ["failed"]
+    (row,) = _index_rows(tmp_path / "out")
+    assert row["name"] == "broken.svs" and row["verdict"] == "error" and row["status"] == "failed"
+    assert "broken.svs" in row["error"]
+
+
+def test_resume_skips_complete_and_redoes_incomplete(reference: Path, batch_dir: Path,
+                                                     opts: ScanOptions, tmp_path: Path):
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    (out / "slide-b" / "summary.json").unlink()  # written last: the folder is incomplete
+    (out / "slide-b" / "tiles.csv").write_text("stale\n")
+    stale = out / ".slide-c.partial-999999999"  # left by a killed run whose process is gone
+    stale.mkdir()
+    before = {p: p.stat().st_mtime_ns for p in (out / "slide-a").iterdir()}
+    results = run_batch(expand_inputs([batch_dir]), out, opts, resume=True, quiet=True)
+    assert [r.status for r in results] == ["skipped", "done", "skipped"]
+    assert {p: p.stat().st_mtime_ns for p in (out / "slide-a").iterdir()} == before
+    _assert_same_tiles(out, reference)
+    assert _leftovers(out) == []
+    assert [r["status"] for r in _index_rows(out)] == ["skipped", "done", "skipped"]
+
+
+@pytest.mark.timeout(240)
+def test_killed_batch_resumes_to_the_same_outputs(reference: Path, batch_dir: Path,
+                                                  fixture_model: Path, tmp_path: Path, capsys):
+    """SIGKILL the console script once the first slide's folder appears, then --resume."""
+    from convfocus.cli import main
+
+    exe = Path(sys.executable).with_name("convfocus")
+    if not exe.is_file():
+        pytest.skip(f"console script not installed beside {sys.executable}")
+    out = tmp_path / "out"
+    args = ["scan", str(batch_dir), "--out", str(out), "--model", str(fixture_model), "-q"]
+    proc = subprocess.Popen([str(exe), *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 180
+        while not any((out / s).is_dir() for s in STEMS):
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "no output folder within 180 s"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        if proc.stderr:
+            proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    done_before = [s for s in STEMS if (out / s).is_dir()]
+    assert 1 <= len(done_before) < len(STEMS)
+    assert all(is_complete(out / s) for s in done_before)  # a folder appears only when whole
+    assert not (out / "index.csv").exists()
+
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 0
+    _assert_same_tiles(out, reference)
+    assert _leftovers(out) == []
+    status = {r["name"]: r["status"] for r in _index_rows(out)}
+    assert status == {s: "skipped" if s in done_before else "done" for s in STEMS}
+
+
+# --- other engines -----------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(240)
+def test_two_worker_processes_give_the_same_tiles(reference: Path, batch_dir: Path,
+                                                  opts: ScanOptions, tmp_path: Path):
+    out = tmp_path / "out"
+    jobs = [SlideJob(batch_dir / f"{s}.tif") for s in STEMS[1:]]  # one slide per worker
+    results = run_batch(jobs, out, opts, workers=2, quiet=True)
+    assert [r.status for r in results] == ["done"] * 2, [r.error for r in results]
+    _assert_same_tiles(out, reference, STEMS[1:])
+    assert [r["name"] for r in _index_rows(out)] == STEMS[1:]
+
+
+@pytest.fixture
+def dask_cluster():
+    """A real two-process Dask cluster on loopback; skipped where it cannot start here."""
+    try:
+        from distributed import LocalCluster
+    except ImportError as exc:
+        pytest.skip(f"dask.distributed not importable: {exc}")
+    try:
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                               host="127.0.0.1", dashboard_address=None, silence_logs=40)
+    except Exception as exc:  # noqa: BLE001 - any failure to start means: not here
+        pytest.skip(f"cannot start a Dask LocalCluster in this environment: "
+                    f"{type(exc).__name__}: {exc}")
+    try:
+        yield cluster
+    finally:
+        cluster.close(timeout=30)
+
+
+@pytest.mark.timeout(240)
+def test_dask_scheduler_gives_the_same_tiles(reference: Path, batch_dir: Path, opts: ScanOptions,
+                                             tmp_path: Path, dask_cluster, monkeypatch):
+    assert dask_cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+    monkeypatch.chdir(tmp_path)  # relative paths must reach the workers as absolute ones
+    rel = Path(os.path.relpath(batch_dir, tmp_path))
+    out = tmp_path / "out"
+    jobs = [SlideJob(rel / f"{s}.tif") for s in STEMS[:2]]  # one slide per worker
+    results = run_batch(jobs, Path("out"), opts, scheduler=dask_cluster.scheduler_address,
+                        quiet=True)
+    assert [r.status for r in results] == ["done"] * 2, [r.error for r in results]
+    _assert_same_tiles(out, reference, STEMS[:2])
+    assert [r["name"] for r in _index_rows(out)] == STEMS[:2]
+

@@ -1,0 +1,97 @@
+"""The weights format: save/load round trip, ONNX parity with torch, clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from convfocus.checkpoint import load_model, load_spec, resolve_model_path, save_model
+from convfocus.errors import ModelError
+from convfocus.infer import load_grader
+from convfocus.model import build_model
+from convfocus.types import ModelSpec
+
+
+def trained_looking(arch: str) -> torch.nn.Module:
+    """A network with random weights and random BatchNorm statistics."""
+    torch.manual_seed(3)
+    net = build_model(arch)
+    g = torch.Generator().manual_seed(4)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return net.eval()
+
+
+def spec_for(arch: str) -> ModelSpec:
+    return ModelSpec(name=f"test-{arch}", version="0", arch=arch,
+                     training={"steps": 3}, metrics={"validation": {"exact": 0.5}})
+
+
+@pytest.fixture(scope="module")
+def region() -> np.ndarray:
+    """Two regions of 3 x 4 windows of real tissue: (2, 395, 523, 3) uint8."""
+    from skimage import data
+
+    ihc = data.immunohistochemistry()  # 512 x 512
+    wide = np.concatenate([ihc, ihc[:, ::-1]], axis=1)
+    return np.stack([wide[:395, :523], wide[117:512, 300:823]])
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    net, spec = trained_looking("lite"), spec_for("lite")
+    base = tmp_path / "m" / spec.name
+    save_model(base, net, spec, onnx=False)
+    assert base.with_suffix(".safetensors").is_file() and base.with_suffix(".json").is_file()
+    assert not list(base.parent.glob("*.tmp*"))
+    net2, spec2 = load_model(base)
+    assert spec2 == spec
+    assert not net2.training
+    for (k, a), (k2, b) in zip(net.state_dict().items(), net2.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(a, b), k
+    assert load_model(base.with_suffix(".json"))[1] == spec  # a suffix is accepted
+
+
+@pytest.mark.parametrize("arch", ["lite", "paper"])
+def test_onnx_matches_torch(tmp_path: Path, region: np.ndarray, arch: str) -> None:
+    base = tmp_path / f"m-{arch}"
+    save_model(base, trained_looking(arch), spec_for(arch), onnx=True)
+    onnx = load_grader(base, backend="onnx", threads=1)
+    tch = load_grader(base, backend="torch", threads=1)
+    p_onnx, p_torch = onnx.predict_region(region), tch.predict_region(region)
+    assert p_onnx.shape == (2, 3, 4, 30)
+    assert np.abs(p_onnx - p_torch).max() < 1e-4
+    windows = region[:, :139, :139]
+    assert np.abs(onnx.predict_windows(windows) - tch.predict_windows(windows)).max() < 1e-4
+
+
+def test_missing_model_is_a_model_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError):
+        resolve_model_path(tmp_path / "nothing-here")
+    with pytest.raises(ModelError):
+        load_grader(tmp_path / "nothing-here")
+    # a spec without its weights
+    base = tmp_path / "half"
+    base.with_suffix(".json").write_text(json.dumps(spec_for("lite").to_dict()))
+    with pytest.raises(ModelError):
+        load_model(base)
+    # an unreadable spec
+    bad = tmp_path / "bad"
+    bad.with_suffix(".json").write_text("{not json")
+    with pytest.raises(ModelError):
+        load_spec(bad)
+
+
+def test_weights_of_another_architecture_are_a_model_error(tmp_path: Path) -> None:
+    base = tmp_path / "mixed"
+    save_model(base, trained_looking("lite"), spec_for("lite"), onnx=False)
+    spec = json.loads(base.with_suffix(".json").read_text())
+    spec["arch"] = "paper"
+    base.with_suffix(".json").write_text(json.dumps(spec))
+    with pytest.raises(ModelError):
+        load_model(base)

@@ -1,0 +1,77 @@
+"""The command line: help, the demo, and one-line errors for invalid arguments."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from convfocus.cli import main
+
+SUBCOMMANDS = ["scan", "demo", "patches", "calibrate", "train", "evaluate", "sample", "rate",
+               "view"]
+
+
+def _exit_code(argv: list[str]) -> int:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    return int(info.value.code or 0)
+
+
+def test_help_lists_the_subcommands(capsys):
+    assert _exit_code(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: convfocus")
+    for name in SUBCOMMANDS:
+        assert f"    {name}" in out, name
+
+
+def test_scan_help_lists_its_options(capsys):
+    assert _exit_code(["scan", "--help"]) == 0
+    out = capsys.readouterr().out
+    for opt in ("--out", "--model", "--mpp", "--native", "--profile", "--window", "--stride",
+                "--min-tissue", "--workers", "--scheduler", "--resume", "--device"):
+        assert opt in out, opt
+
+
+def test_version(capsys):
+    assert _exit_code(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("convfocus ")
+
+
+@pytest.mark.parametrize("argv, names", [
+    (["scan", "slide.svs", "--min-tissue", "2"], "--min-tissue"),
+    (["scan", "slide.svs", "--stride", "0"], "--stride"),
+    (["scan", "slide.svs", "--window", "-5"], "--window"),
+    (["scan", "slide.svs", "--mpp", "fine"], "--mpp"),
+    (["scan", "slide.svs", "--workers", "0"], "--workers"),
+    (["scan", "slide.svs", "--profile", "surgery"], "--profile"),
+    (["scan"], "inputs"),
+    (["scna", "slide.svs"], "scna"),
+])
+def test_invalid_arguments_give_one_line(argv: list[str], names: str, capsys, tmp_path: Path,
+                                         monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert _exit_code(argv) == 2
+    cap = capsys.readouterr()
+    assert cap.out == ""
+    lines = cap.err.strip().splitlines()
+    assert len(lines) == 1, cap.err
+    assert "error" in lines[0] and names in lines[0]
+    assert "Traceback" not in cap.err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_demo_writes_the_report_and_prints_its_path(tmp_path: Path, fixture_model: Path,
+                                                    capsys):
+    out = tmp_path / "demo-out"
+    assert main(["demo", "--out", str(out), "--model", str(fixture_model)]) == 0
+    report = out / "demo-slide" / "report.html"
+    assert capsys.readouterr().out.strip() == str(report)
+    assert report.is_file() and report.stat().st_size > 10_000
+    assert (out / "demo-slide.tif").is_file()
+    truth = json.loads((out / "demo-truth.json").read_text())
+    summary = json.loads((out / "demo-slide" / "summary.json").read_text())
+    assert summary["dimensions"] == [truth["width"], truth["height"]]
+    assert summary["model"]["name"] == "fixture"

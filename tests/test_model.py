@@ -1,0 +1,107 @@
+"""The networks, timm-style: shapes, finiteness, gradients, depths, cost, dense = per window."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from convfocus import NUM_CLASSES
+from convfocus.model import ARCHS, ConvFocusNet, build_model, multiply_adds, stem_depths
+
+WINDOW, STRIDE = 139, 128
+
+
+def randomise_bn(net: ConvFocusNet, seed: int = 0) -> ConvFocusNet:
+    """Random BatchNorm statistics and affine terms, so eval mode is not an identity."""
+    g = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
+            m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.25)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.2)
+    return net.eval()
+
+
+def tissue_batch(n: int, size: int) -> torch.Tensor:
+    """(n, 3, size, size) normalised crops of real tissue (scikit-image's IHC image)."""
+    from skimage import data
+
+    ihc = data.immunohistochemistry()
+    big = np.tile(ihc, (-(-size // 512) + 1, -(-size // 512) + 1, 1))
+    crops = [big[17 * i : 17 * i + size, 29 * i : 29 * i + size] for i in range(n)]
+    x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255.0
+    return (x - 0.5) / 0.5
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_output_shape_and_finite(arch: str) -> None:
+    torch.manual_seed(0)
+    net = build_model(arch).eval()
+    with torch.no_grad():
+        out = net(tissue_batch(3, WINDOW))
+    assert out.shape == (3, NUM_CLASSES)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_parameter_gets_a_gradient(arch: str) -> None:
+    torch.manual_seed(0)
+    net = build_model(arch).train()
+    loss = torch.nn.functional.cross_entropy(net(tissue_batch(4, WINDOW)),
+                                             torch.tensor([0, 7, 19, 29]))
+    loss.backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_depths_two_readings_of_depth_multiplier() -> None:
+    # TF-slim: max(int(d * 0.1), min_depth=16); literal: int(d * 0.1)
+    assert stem_depths("paper") == (16, 16, 16)
+    assert stem_depths("lite") == (3, 3, 6)
+    assert stem_depths("large") == (16, 16, 32, 40, 96)
+    convs = [m for m in build_model("lite").modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [3, 3, 6]
+    with pytest.raises(ValueError):
+        build_model("resnet")
+
+
+def test_multiply_adds() -> None:
+    paper, lite = multiply_adds(build_model("paper")), multiply_adds(build_model("lite"))
+    assert paper == pytest.approx(23e6, rel=0.05)
+    assert lite == pytest.approx(1.5e6, rel=0.05)
+    assert 14 < paper / lite < 17
+
+
+def test_feature_geometry() -> None:
+    # 139 -> 69 -> 67 -> 67 -> 33 features; one 128 px step = 32 feature cells
+    net = build_model("paper")
+    assert net.feature_size(WINDOW) == 33
+    with torch.no_grad():
+        f = net.forward_features(torch.zeros(1, 3, WINDOW + STRIDE, WINDOW + STRIDE))
+    assert f.shape[-1] == 33 + STRIDE // net.total_stride
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_forward_dense_equals_per_window(arch: str) -> None:
+    torch.manual_seed(1)
+    net = randomise_bn(build_model(arch))
+    rows = cols = 9
+    side = STRIDE * rows + (WINDOW - STRIDE)
+    x = tissue_batch(2, side)
+    with torch.no_grad():
+        dense = net.forward_dense(x, WINDOW, STRIDE)  # (2, 30, rows, cols)
+        wins = torch.stack([x[:, :, r * STRIDE : r * STRIDE + WINDOW,
+                              c * STRIDE : c * STRIDE + WINDOW]
+                            for r in range(rows) for c in range(cols)], dim=1)
+        per = net(wins.reshape(-1, 3, WINDOW, WINDOW)).reshape(2, rows, cols, NUM_CLASSES)
+    assert dense.shape == (2, NUM_CLASSES, rows, cols)
+    dense = dense.permute(0, 2, 3, 1)
+    same = (dense.argmax(-1) == per.argmax(-1)).float().mean().item()
+    assert same >= 0.995
+    pd, pp = dense.softmax(-1), per.softmax(-1)
+    assert (pd - pp).abs().max().item() < 0.05  # only the window edges' padding differs

@@ -1,0 +1,126 @@
+"""Training: a tiny run end to end, resuming, augmentation, and the paper's presets."""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from convfocus import train as train_mod
+from convfocus.checkpoint import load_model
+from convfocus.defocus import SynthesisConfig
+from convfocus.pool import build_pool
+from convfocus.slide import write_png
+from convfocus.train import Augment, augment, make_example, preset_config, train
+
+
+@pytest.fixture(scope="module")
+def tiny_pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pool of real tissue patches: two training sources and one validation source."""
+    from skimage import data
+
+    ihc = data.immunohistochemistry()
+    src = tmp_path_factory.mktemp("src")
+    paths = [write_png(src / f"s{i}.png", np.rot90(ihc, i)[:, :420]) for i in range(3)]
+    out = tmp_path_factory.mktemp("pool")
+    build_pool(paths, out, mpp_overrides={p.name: 0.25 for p in paths}, validation=("s2.png",),
+               stride_px=120, include_skimage_ihc=False)
+    return out
+
+
+@pytest.fixture()
+def small_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two validation examples per class instead of forty, to keep the run short."""
+    monkeypatch.setattr(train_mod, "validation_set",
+                        functools.partial(train_mod.validation_set, per_class=2))
+
+
+def tiny_config(steps: int, every: int = 10) -> train_mod.TrainConfig:
+    return preset_config("config4-lite", steps=steps, batch_size=4, workers=0, val_every=every,
+                         ckpt_every=every, warmup_steps=5)
+
+
+@pytest.mark.usefixtures("small_validation")
+def test_tiny_run_writes_checkpoint_and_model_and_resumes(tiny_pool: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cfg = tiny_config(20)
+    first = train(tiny_pool, out, cfg, name="tiny", max_minutes=0.0)  # stops before step 1
+    assert (out / "ckpt.pt").is_file()
+    assert load_model(first)[1].training["steps"] == 0
+    base = train(tiny_pool, out, cfg, name="tiny")  # the same command resumes and finishes
+    assert base == first
+    for suffix in (".safetensors", ".json", ".onnx"):
+        assert base.with_suffix(suffix).is_file(), suffix
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [10, 20]
+    assert all(np.isfinite(r["loss"]) for r in log)
+    _, spec = load_model(base)
+    assert spec.arch == "lite" and spec.blur == "bokeh"
+    assert spec.training["steps"] == 20
+    assert spec.training["val_sources"] == ["s2.png"]
+    assert "s2.png" not in spec.training["train_sources"]
+
+
+@pytest.mark.usefixtures("small_validation")
+def test_resume_to_more_steps(tiny_pool: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(tiny_pool, out, tiny_config(2, every=2), name="tiny")
+    base = train(tiny_pool, out, tiny_config(4, every=2), name="tiny")
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [2, 4]
+    assert load_model(base)[1].training["steps"] == 4
+
+
+def test_augment_keeps_dtype_and_shape() -> None:
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (139, 139, 3), dtype=np.uint8)
+    for _ in range(10):
+        out = augment(img, rng, Augment())
+        assert out.dtype == np.uint8 and out.shape == img.shape
+    still = augment(img, rng, Augment(0.0, 0.0, 0.0, 0.0, dihedral=False))
+    assert np.array_equal(still, img)
+    # orientation alone permutes pixels, never changes them
+    turned = augment(img, rng, Augment(0.0, 0.0, 0.0, 0.0, dihedral=True))
+    assert sorted(turned.ravel().tolist()) == sorted(img.ravel().tolist())
+
+
+def test_lyna_deltas_are_the_defaults() -> None:
+    a = Augment()
+    assert (a.brightness, a.saturation, a.hue, a.contrast) == (64 / 255, 0.25, 0.04, 0.75)
+
+
+def test_make_example_shape_and_label() -> None:
+    from skimage import data
+
+    patches = np.ascontiguousarray(data.immunohistochemistry()[None, :300, :300])
+    rng = np.random.default_rng(0)
+    img, c, blur = make_example(patches, rng, SynthesisConfig(), Augment(), cls=12)
+    assert img.shape == (139, 139, 3) and img.dtype == np.uint8
+    assert c == 12 and blur > 0
+
+
+def test_presets_are_the_rows_of_table_2() -> None:
+    rows = {
+        "config1": ("paper", "gaussian", False, False),  # Gaussian blur only
+        "config2": ("paper", "gaussian", True, False),  # + Poisson noise
+        "config3": ("paper", "gaussian", True, True),  # + JPEG
+        "config4": ("paper", "bokeh", True, True),  # bokeh instead of Gaussian: ConvFocus
+        "config5": ("large", "bokeh", True, True),  # config 4 with the larger network
+    }
+    for name, (arch, kind, noise, jpeg) in rows.items():
+        cfg = preset_config(name)
+        s = cfg.synthesis
+        assert (cfg.arch, s.kind, s.noise, s.jpeg) == (arch, kind, noise, jpeg), name
+        assert s.spacing == "exponential"
+        assert cfg.preset == name
+    assert preset_config("config4-linear").synthesis.spacing == "linear"
+    assert preset_config("config4", steps=7).steps == 7
+    assert replace(preset_config("config4"), steps=7) == preset_config("config4", steps=7)
+    from convfocus.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        preset_config("config9")
