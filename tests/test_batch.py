@@ -150,8 +150,9 @@ def test_resume_skips_complete_and_redoes_incomplete(reference: Path, batch_dir:
     shutil.copytree(reference, out)
     (out / "slide-b" / "summary.json").unlink()  # written last: the folder is incomplete
     (out / "slide-b" / "tiles.csv").write_text("stale\n")
-    stale = out / ".slide-c.partial-999999999"  # left by a killed run whose process is gone
-    stale.mkdir()
+    # left by a killed run whose process is gone: a folder being written, one being replaced
+    (out / ".slide-c.partial-999999999").mkdir()
+    (out / ".slide-a.old-999999999").mkdir()
     before = {p: p.stat().st_mtime_ns for p in (out / "slide-a").iterdir()}
     results = run_batch(expand_inputs([batch_dir]), out, opts, resume=True, quiet=True)
     assert [r.status for r in results] == ["skipped", "done", "skipped"]

@@ -215,10 +215,10 @@ def test_report_html_is_self_contained(scanned: Path):
     html = (scanned / "report.html").read_text(encoding="utf-8")
     assert html.lstrip().lower().startswith("<!doctype html")
     assert "data:image/png;base64," in html
-    external = re.findall(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", html, re.I)
+    external = re.findall(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", html, re.IGNORECASE)
     assert external == []
-    assert not re.search(r"""url\(\s*["']?\s*(?:https?:)?//""", html, re.I)
-    assert not re.search(r"@import", html, re.I)
+    assert not re.search(r"""url\(\s*["']?\s*(?:https?:)?//""", html, re.IGNORECASE)
+    assert not re.search(r"@import", html, re.IGNORECASE)
 
 
 # --- pixel size: resampling, --native, --mpp ---------------------------------------------------

@@ -105,10 +105,13 @@ def _read_manifest(path: Path) -> list[SlideJob]:
 
 
 @lru_cache(maxsize=4)
-def _cached_grader(model: str | None, device: str, backend: str, threads: int | None) -> Any:
+def _cached_grader(
+    model: str | None, device: str, backend: str, threads: int | None, precision: str = "fp32"
+) -> Any:
     from convfocus.infer import load_grader
 
-    return load_grader(model, device=device, backend=backend, threads=threads)
+    return load_grader(model, device=device, backend=backend, threads=threads,
+                       precision=precision)
 
 
 def scan_job(job: SlideJob, out_root: str, opts: ScanOptions) -> SlideResult:
@@ -123,7 +126,7 @@ def scan_job(job: SlideJob, out_root: str, opts: ScanOptions) -> SlideResult:
         return failed(f"{job.path}: no slides in this folder")
     try:
         grader = _cached_grader(None if o.model is None else str(o.model), o.device, o.backend,
-                                o.threads)
+                                o.threads, o.precision)
         out = scan_path(job.path, Path(out_root), options=o, grader=grader)
         return SlideResult(job.path, "done", out, None, time.perf_counter() - t0)
     except ConvFocusError as exc:
@@ -136,10 +139,11 @@ def scan_job(job: SlideJob, out_root: str, opts: ScanOptions) -> SlideResult:
 
 
 def _clean_partials(out_root: Path) -> None:
-    """Remove temporary folders left by killed runs (their process is gone)."""
+    """Remove temporary folders left by killed runs (their process is gone): ``.partial-``
+    folders being written and ``.old-`` folders being replaced."""
     if not out_root.is_dir():
         return
-    for p in out_root.glob(".*.partial-*"):
+    for p in [*out_root.glob(".*.partial-*"), *out_root.glob(".*.old-*")]:
         try:
             pid = int(p.name.rsplit("-", 1)[1])
         except ValueError:
@@ -312,11 +316,11 @@ def write_index(out_root: Path, results: Iterable[SlideResult]) -> None:
 
     rows = []
     for r in results:
-        summary: dict[str, Any] = {}
         if r.out is not None and (r.out / "summary.json").is_file():
             summary = json.loads((r.out / "summary.json").read_text())
-        row = report.index_row(summary, f"{r.out.name}/report.html") if summary else {
-            "name": r.path.name, "verdict": "error", "report": ""}
+            row = report.index_row(summary, f"{r.out.name}/report.html")
+        else:
+            row = {"name": r.path.name, "verdict": "error", "report": ""}
         row = {**row, "status": r.status, "error": r.error or ""}
         rows.append(row)
     cols: list[str] = []

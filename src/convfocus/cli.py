@@ -79,6 +79,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="inference threads (default: all cores)")
 
 
+def _add_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=("fp32", "int8", "fp16"), default="fp32",
+                   help="fp32 (default); int8: quantised ONNX graph on the CPU (docs/"
+                   "performance.md); fp16: autocast on CUDA")
+
+
 def _add_scan(sub: argparse._SubParsersAction) -> None:
     from convfocus.regions import PROFILES
 
@@ -90,6 +96,7 @@ def _add_scan(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", help="slides, folders of slides, or CSV manifests")
     p.add_argument("--out", default="convfocus-out", help="output folder (default convfocus-out)")
     _add_model_args(p)
+    _add_precision(p)
     p.add_argument("--mpp", type=_positive_float, default=None,
                    help="level-0 pixel size in µm/px (overrides the file's metadata)")
     p.add_argument("--native", action="store_true",
@@ -118,7 +125,7 @@ def _scan_options(args: argparse.Namespace) -> ScanOptions:
     return ScanOptions(
         model=args.model, mpp=args.mpp, native=args.native, profile=args.profile,
         device=args.device, backend=args.backend, threads=args.threads, window_px=args.window,
-        stride_px=args.stride, min_tissue=args.min_tissue,
+        stride_px=args.stride, min_tissue=args.min_tissue, precision=args.precision,
     )
 
 
@@ -129,7 +136,8 @@ def _run_scan(args: argparse.Namespace) -> int:
     from convfocus.infer import load_grader
 
     opts = _scan_options(args)
-    load_grader(opts.model, device=opts.device, backend=opts.backend)  # fail early on the model
+    load_grader(opts.model, device=opts.device, backend=opts.backend,  # fail early on the model
+                precision=opts.precision)
     jobs = expand_inputs(args.inputs)
     # a progress bar over one slide says nothing that the result line does not
     results = run_batch(jobs, Path(args.out), opts, workers=args.workers,
@@ -152,6 +160,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="build a demo slide with known blur, scan it, print the report")
     p.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
     _add_model_args(p)
+    _add_precision(p)
     p.set_defaults(func=_run_demo)
 
 
@@ -162,7 +171,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from convfocus.infer import load_grader
 
     grader = load_grader(args.model, device=args.device, backend=args.backend,
-                         threads=args.threads)
+                         threads=args.threads, precision=args.precision)
     report = run_demo(Path(args.out), grader=grader)
     print(report)
     return 0
@@ -309,7 +318,33 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-_ADDERS += [_add_patches, _add_calibrate, _add_train]
+def _add_check_model(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check-model", help="run the grader checks on held-out real tissue")
+    _add_model_args(p)
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.set_defaults(func=_run_check_model)
+
+
+def _run_check_model(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from convfocus.infer import load_grader
+    from convfocus.modelcheck import run_checks
+
+    grader = load_grader(args.model, device=args.device, backend=args.backend,
+                         threads=args.threads)
+    res = run_checks(grader, _shared_data())
+    text = json.dumps(res, indent=2)
+    print(text)
+    if args.out:
+        from convfocus.report import write_text_atomic
+
+        write_text_atomic(Path(args.out), text + "\n")
+    return 0
+
+
+_ADDERS += [_add_patches, _add_calibrate, _add_train, _add_check_model]
 
 
 # --- evaluation --------------------------------------------------------------------------------

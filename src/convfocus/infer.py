@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +20,17 @@ from convfocus.types import ModelSpec
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
+#: ``fp32``; ``int8``: the statically quantised ONNX graph (CPU); ``fp16``: autocast (CUDA).
+PRECISIONS = ("fp32", "int8", "fp16")
+
+
+def _rgb_nchw_float(x_uint8: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 0..255, one pass (the input of a graph
+    with the normalisation folded into its first convolution)."""
+    n, h, w, c = x_uint8.shape
+    out = np.empty((n, c, h, w), np.float32)
+    np.copyto(out, x_uint8.transpose(0, 3, 1, 2))
+    return out
 
 
 def _softmax(z: np.ndarray, axis: int) -> np.ndarray:
@@ -30,11 +42,18 @@ def _softmax(z: np.ndarray, axis: int) -> np.ndarray:
 class Grader:
     """A loaded model. ``predict_region`` is the fast path; ``predict_windows`` the reference."""
 
-    def __init__(self, spec: ModelSpec, run, backend: str, device: str) -> None:  # type: ignore[no-untyped-def]
+    def __init__(  # type: ignore[no-untyped-def]
+        self, spec: ModelSpec, run, backend: str, device: str, *, prepare=None,
+        precision: str = "fp32",
+    ) -> None:
         self.spec = spec
-        self._run = run  # float32 (N, 3, H, W) normalised -> logits (N, 30, rows, cols)
+        # run: prepare(x) -> logits (N, 30, rows, cols); prepare: uint8 (N, H, W, 3) -> the
+        # runtime's input (default: float32 (N, 3, H, W) normalised)
+        self._run = run
+        self._prepare = prepare if prepare is not None else self._normalise
         self.backend = backend
         self.device = device
+        self.precision = precision
         self._mean = np.asarray(spec.mean, np.float32).reshape(1, 3, 1, 1)
         self._scale = (1.0 / (255.0 * np.asarray(spec.std, np.float32))).reshape(1, 3, 1, 1)
         self._mean_scaled = self._mean / np.asarray(spec.std, np.float32).reshape(1, 3, 1, 1)
@@ -50,7 +69,7 @@ class Grader:
         """Logits of every window of one or more regions: (H, W, 3) or (N, H, W, 3) uint8
         with ``H = stride * rows + (window - stride)`` -> (N, rows, cols, 30) float32."""
         x = region[None] if region.ndim == 3 else region
-        z = self._run(self._normalise(x))
+        z = self._run(self._prepare(x))
         return np.ascontiguousarray(z.transpose(0, 2, 3, 1), dtype=np.float32)
 
     def predict_region(self, region: np.ndarray) -> np.ndarray:
@@ -86,74 +105,162 @@ def load_grader(
     device: str = "cpu",
     backend: str = "auto",
     threads: int | None = None,
+    precision: str = "fp32",
 ) -> Grader:
     """Load a model for inference.
 
     ``device``: ``cpu``, ``cuda`` or ``auto`` (CUDA when present). ``backend``:
     ``onnx`` (ONNX Runtime), ``torch`` or ``auto`` (ONNX Runtime on CPU, and on CUDA
-    when its CUDA provider is installed; PyTorch otherwise).
+    when its CUDA provider is installed; PyTorch otherwise). ``precision``: ``fp32``;
+    ``int8`` runs ``NAME.int8.onnx`` with ONNX Runtime on the CPU (made by
+    :func:`convfocus.checkpoint.quantize_onnx` when absent); ``fp16`` runs PyTorch on
+    CUDA under autocast.
     """
     from convfocus.checkpoint import load_spec, resolve_model_path
 
     if device not in DEVICES:
         raise ConfigError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose one of "
+                          f"{', '.join(PRECISIONS)}")
     if device == "auto":
         device = "cuda" if _cuda_available() else "cpu"
     elif device == "cuda" and not _cuda_available():
         raise ConfigError("--device cuda asked for, but no CUDA device is available")
+    if precision == "int8" and (device != "cpu" or backend == "torch"):
+        raise ConfigError("--precision int8 runs with ONNX Runtime on the CPU only")
+    if precision == "fp16" and (device != "cuda" or backend == "onnx"):
+        raise ConfigError("--precision fp16 runs with PyTorch on CUDA only")
     base = resolve_model_path(model)
     spec = load_spec(base)
     onnx_path = base.with_suffix(".onnx")
+    if precision == "int8":
+        return _int8_grader(base, spec, threads)
     if backend == "auto":
-        backend = "onnx" if onnx_path.is_file() else "torch"
+        backend = "onnx" if onnx_path.is_file() and precision == "fp32" else "torch"
         if backend == "onnx" and device == "cuda":
-            import onnxruntime as ort
+            import onnxruntime as ort  # type: ignore[import-untyped]
 
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 backend = "torch"
     if backend == "onnx":
         return _onnx_grader(onnx_path, spec, device, threads)
     if backend == "torch":
-        return _torch_grader(base, spec, device, threads)
+        return _torch_grader(base, spec, device, threads, precision)
     raise ConfigError(f"unknown backend {backend!r}; choose onnx, torch or auto")
 
 
-def _onnx_grader(path: Path, spec: ModelSpec, device: str, threads: int | None) -> Grader:
-    import onnxruntime as ort
+def _session(graph: bytes | str, path: Path, device: str, threads: int | None) -> Any:
+    import onnxruntime as ort  # type: ignore[import-untyped]
 
-    if not path.is_file():
-        raise ModelError("no ONNX graph beside the model", path)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads or (os.cpu_count() or 1)
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # no busy-waiting between runs: the cores go to tile decoding meanwhile
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else [
         "CPUExecutionProvider"]
     try:
-        sess = ort.InferenceSession(str(path), so, providers=providers)
-    except Exception as exc:  # onnxruntime raises its own untyped errors
+        return ort.InferenceSession(graph, so, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
         raise ModelError(f"ONNX graph does not load: {exc}", path) from None
 
+
+def _onnx_grader(path: Path, spec: ModelSpec, device: str, threads: int | None) -> Grader:
+    """ONNX Runtime on ``NAME.onnx``, with the input normalisation folded into the first
+    convolution when the graph allows (one pass uint8 -> float32 instead of three)."""
+    import onnx
+
+    from convfocus.checkpoint import ONNX_INPUT_NORMALISED, ONNX_INPUT_RGB, fold_normalisation
+
+    if not path.is_file():
+        raise ModelError("no ONNX graph beside the model", path)
+    try:
+        graph = onnx.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - OSError, protobuf's DecodeError
+        raise ModelError(f"ONNX graph does not load: {exc}", path) from None
+    try:
+        folded: Any = fold_normalisation(graph, spec)
+    except ModelError as exc:
+        log.info("normalisation not folded into %s (%s)", path.name, exc.message)
+        folded = None
+    if folded is not None:
+        sess = _session(folded.SerializeToString(), path, device, threads)
+        name, prepare = ONNX_INPUT_RGB, _rgb_nchw_float
+    else:
+        sess = _session(graph.SerializeToString(), path, device, threads)
+        name, prepare = ONNX_INPUT_NORMALISED, None
+
     def run(x: np.ndarray) -> np.ndarray:
-        return sess.run(["logits"], {"image": x})[0]
+        return sess.run(["logits"], {name: x})[0]
 
-    return Grader(spec, run, "onnx", device)
+    return Grader(spec, run, "onnx", device, prepare=prepare)
 
 
-def _torch_grader(base: Path, spec: ModelSpec, device: str, threads: int | None) -> Grader:
+def _int8_grader(base: Path, spec: ModelSpec, threads: int | None) -> Grader:
+    """ONNX Runtime on ``NAME.int8.onnx``; quantised here first when it is missing (beside
+    the model, or in memory where that folder is read-only)."""
+    import tempfile
+
+    from convfocus.checkpoint import ONNX_INPUT_RGB, int8_path, quantize_onnx
+
+    path = int8_path(base)
+    graph: bytes | str = str(path)
+    if not path.is_file():
+        if not base.with_suffix(".onnx").is_file():
+            raise ModelError("no ONNX graph beside the model", base.with_suffix(".onnx"))
+        log.info("quantising %s to int8", base.name)
+        try:
+            quantize_onnx(base)
+        except OSError:
+            with tempfile.TemporaryDirectory(prefix="convfocus-int8-") as tmpd:
+                graph = quantize_onnx(base, out=Path(tmpd) / path.name).read_bytes()
+    sess = _session(graph, path, "cpu", threads)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return sess.run(["logits"], {ONNX_INPUT_RGB: x})[0]
+
+    return Grader(spec, run, "onnx", "cpu", prepare=_rgb_nchw_float, precision="int8")
+
+
+def _torch_grader(
+    base: Path, spec: ModelSpec, device: str, threads: int | None, precision: str = "fp32"
+) -> Grader:
+    """PyTorch: uint8 goes to the device as it is and is normalised there; on CUDA the
+    network runs channels-last (cuDNN's fast layout), under fp16 autocast if asked."""
     import torch
 
     from convfocus.checkpoint import load_model
 
     net, _ = load_model(base)
     dev = torch.device(device)
+    cuda = dev.type == "cuda"
     net = net.to(dev)
+    if cuda:
+        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if threads:
         torch.set_num_threads(threads)
+    mean = torch.tensor(spec.mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    scale, shift = 1.0 / (255.0 * std), mean / std
 
     @torch.inference_mode()
     def run(x: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(x).to(dev)
-        return net.forward_dense(t, spec.window_px, spec.stride_px).float().cpu().numpy()
+        t = torch.from_numpy(np.ascontiguousarray(x)).to(dev, non_blocking=cuda)
+        t = t.permute(0, 3, 1, 2)  # NHWC storage: channels-last already
+        if not cuda:
+            t = t.contiguous()
+        t = t.float() * scale - shift
+        if not cuda:
+            return net.forward_dense(t, spec.window_px, spec.stride_px).numpy()
+        with torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False), \
+                torch.autocast("cuda", dtype=torch.float16, enabled=precision == "fp16"):
+            z = net.forward_dense(t, spec.window_px, spec.stride_px)
+        return z.float().cpu().numpy()
 
-    return Grader(spec, run, "torch", device)
+    return Grader(spec, run, "torch", device, prepare=_identity, precision=precision)
+
+
+def _identity(x: np.ndarray) -> np.ndarray:
+    return x

@@ -55,6 +55,8 @@ class ScanOptions:
     thumbnail_px: int = 2048
     prefetch: int = 3
     read_threads: int = 2
+    precision: str = "fp32"
+    decode_threads: int | None = None  # tile-decoding threads of the reader (None: its default)
 
 
 @dataclass
@@ -72,13 +74,18 @@ class Grading:
 
 
 def _blocks(cells: np.ndarray, rows: int, cols: int, block: int) -> list[tuple[int, int, int, int]]:
-    """Blocks (row0, col0, nrows, ncols) of the grid that contain at least one graded cell."""
-    occ = np.zeros((math.ceil(rows / block), math.ceil(cols / block)), bool)
-    occ[cells[:, 0] // block, cells[:, 1] // block] = True
+    """Blocks (row0, col0, nrows, ncols) of the grid that contain at least one graded cell,
+    each shrunk to the bounding box of its graded cells (no pass over glass at the edges)."""
+    graded = np.zeros((rows, cols), bool)
+    graded[cells[:, 0], cells[:, 1]] = True
     out = []
-    for br, bc in zip(*np.nonzero(occ)):
-        r0, c0 = int(br) * block, int(bc) * block
-        out.append((r0, c0, min(block, rows - r0), min(block, cols - c0)))
+    for r0 in range(0, rows, block):
+        for c0 in range(0, cols, block):
+            sub = graded[r0 : r0 + block, c0 : c0 + block]
+            rr, cc = np.flatnonzero(sub.any(axis=1)), np.flatnonzero(sub.any(axis=0))
+            if rr.size:
+                out.append((r0 + int(rr[0]), c0 + int(cc[0]), int(rr[-1] - rr[0]) + 1,
+                            int(cc[-1] - cc[0]) + 1))
     return out
 
 
@@ -105,7 +112,8 @@ def read_model_region(
     img = reader.read_region((x_i, y_i), level, (w_l, h_l))
     # exact sub-pixel placement: output pixel u samples level pixel (u / (scale*ds) + frac)
     f = scale * ds
-    m = np.float32([[f, 0, -(l0_x - x_i) / ds * f], [0, f, -(l0_y - y_i) / ds * f]])
+    m = np.array([[f, 0, -(l0_x - x_i) / ds * f], [0, f, -(l0_y - y_i) / ds * f]],
+                 dtype=np.float32)
     interp = cv2.INTER_CUBIC if f > 1 else cv2.INTER_AREA
     if f < 1:
         return cv2.resize(img[: round(out_h / f), : round(out_w / f)], (out_w, out_h),
@@ -284,8 +292,8 @@ def scan_path(
     t0 = time.perf_counter()
     if grader is None:
         grader = load_grader(opts.model, device=opts.device, backend=opts.backend,
-                             threads=opts.threads)
-    reader = open_slide(slide, mpp=opts.mpp)
+                             threads=opts.threads, precision=opts.precision)
+    reader = open_slide(slide, mpp=opts.mpp, threads=opts.decode_threads)
     try:
         g = grade_slide(reader, grader, opts, progress=progress)
         tmp = out_root / f".{final.name}.partial-{os.getpid()}"
