@@ -147,6 +147,13 @@ def test_shared_slide_without_pixel_size(shared_data: Path, tmp_path: Path, fixt
     _assert_no_partial_output(tmp_path / "out", slide.stem)
 
 
+def test_missing_model(tmp_path: Path, good_slide: Path, capsys):
+    model = tmp_path / "no-such-model"
+    rc, _, err = _scan(capsys, model, tmp_path / "out", good_slide)
+    _assert_one_clear_line(rc, err, "no-such-model", "model not found")
+    assert not (tmp_path / "out").exists()
+
+
 # --- output problems ---------------------------------------------------------------------------
 
 

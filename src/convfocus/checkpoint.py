@@ -15,14 +15,13 @@ import logging
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any
 
 from convfocus.errors import ModelError
-from convfocus.model import ConvFocusNet, build_model
 from convfocus.types import ModelSpec
+
+if TYPE_CHECKING:  # torch is imported where weights are touched: ONNX inference needs none
+    from convfocus.model import ConvFocusNet
 
 DEFAULT_MODEL = "convfocus-default"
 
@@ -64,6 +63,8 @@ def load_spec(base: Path) -> ModelSpec:
 
 def save_model(base: Path, model: ConvFocusNet, spec: ModelSpec, *, onnx: bool = True) -> None:
     """Write ``base.safetensors``, ``base.json`` and (optionally) ``base.onnx`` atomically."""
+    from safetensors.torch import save_file
+
     base.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = base.with_name(base.name + ".tmp.safetensors")
@@ -78,6 +79,10 @@ def save_model(base: Path, model: ConvFocusNet, spec: ModelSpec, *, onnx: bool =
 
 def load_model(model: str | Path | None = None) -> tuple[ConvFocusNet, ModelSpec]:
     """Load a network in eval mode with its spec."""
+    from safetensors.torch import load_file
+
+    from convfocus.model import build_model
+
     base = resolve_model_path(model)
     spec = load_spec(base)
     net = build_model(spec.arch, spec.num_classes)
@@ -90,17 +95,18 @@ def load_model(model: str | Path | None = None) -> tuple[ConvFocusNet, ModelSpec
     return net, spec
 
 
-class _Dense(torch.nn.Module):
-    def __init__(self, net: ConvFocusNet, spec: ModelSpec) -> None:
-        super().__init__()
-        self.net, self.window, self.stride = net, spec.window_px, spec.stride_px
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.forward_dense(x, self.window, self.stride)
-
-
 def export_onnx(net: ConvFocusNet, spec: ModelSpec, path: Path, *, opset: int = 17) -> None:
     """Export the fully convolutional graph with dynamic batch, height and width."""
+    import torch
+
+    class _Dense(torch.nn.Module):
+        def __init__(self, net: ConvFocusNet, spec: ModelSpec) -> None:
+            super().__init__()
+            self.net, self.window, self.stride = net, spec.window_px, spec.stride_px
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net.forward_dense(x, self.window, self.stride)
+
     net = net.eval()
     side = spec.window_px + spec.stride_px
     x = torch.zeros(1, 3, side, side)

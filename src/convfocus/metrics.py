@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 #: OOF class buckets of the detector experiment (inclusive bounds).
 #: References: Kohlberger et al. 2019, Results: buckets 0-4, 5-9, 10-14, 15-19, 20-29.
@@ -78,6 +77,8 @@ def _t_test_p(r: float, n: int) -> float:
         return math.nan
     if abs(r) >= 1.0:
         return 0.0
+    from scipy import stats  # imported when used: 2 s that a scan never needs
+
     t = r * math.sqrt((n - 2) / ((1.0 - r) * (1.0 + r)))
     return float(2.0 * stats.t.sf(abs(t), n - 2))
 
@@ -109,6 +110,8 @@ def spearman(x: np.ndarray | Sequence[float], y: np.ndarray | Sequence[float]) -
     References: Kohlberger et al. 2019: the main metric, with a two-sided test;
     paper values rho = 0.808 (AT2) and 0.936 (S360).
     """
+    from scipy import stats
+
     xa, ya = _pair(x, y)
     r = _pearson_r(stats.rankdata(xa), stats.rankdata(ya))
     return Correlation(r, _t_test_p(r, xa.size), int(xa.size))
@@ -165,6 +168,8 @@ def roc_auc(labels: np.ndarray | Sequence[int], scores: np.ndarray | Sequence[fl
     n_neg = int(y.size - n_pos)
     if n_pos == 0 or n_neg == 0:
         return math.nan
+    from scipy import stats
+
     ranks = stats.rankdata(s)
     u = float(ranks[y].sum()) - n_pos * (n_pos + 1) / 2.0
     return u / (n_pos * n_neg)

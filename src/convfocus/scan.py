@@ -1,10 +1,11 @@
 """Scanning: slide -> tissue mask -> window grid -> regions -> model -> class map -> outputs.
 
-Windows are graded fully convolutionally: the grid is cut into blocks of
-``block`` x ``block`` cells, each block is read once as one region of
-``stride * block + (window - stride)`` model pixels, and one pass of the conv
-stack yields the logits of all its windows. Reading and decoding the next blocks
-runs in threads while the model grades the current one (a bounded queue).
+Windows are graded fully convolutionally: the graded cells of the grid are covered
+by regions of at most ``block`` x ``block`` cells (strips of ``block // 2`` rows, see
+``_blocks``), each read once as ``stride * cells + (window - stride)`` model pixels,
+and one pass of the conv stack yields the logits of all its windows. Reading and
+decoding the next regions runs in threads while the model grades the current one (a
+bounded queue).
 """
 
 from __future__ import annotations
@@ -74,18 +75,25 @@ class Grading:
 
 
 def _blocks(cells: np.ndarray, rows: int, cols: int, block: int) -> list[tuple[int, int, int, int]]:
-    """Blocks (row0, col0, nrows, ncols) of the grid that contain at least one graded cell,
-    each shrunk to the bounding box of its graded cells (no pass over glass at the edges)."""
+    """Regions (row0, col0, nrows, ncols) that cover every graded cell, in raster order.
+
+    Strips of ``block // 2`` cell rows, cut into runs of graded columns at most
+    ``2 * block`` wide, each shrunk to the bounding box of its graded cells: at most
+    ``block²`` cells per region, as a square block, but far fewer cells of glass along
+    irregular tissue edges (docs/performance.md has the measurements).
+    """
     graded = np.zeros((rows, cols), bool)
     graded[cells[:, 0], cells[:, 1]] = True
+    height, width = max(1, block // 2), max(1, 2 * block)
     out = []
-    for r0 in range(0, rows, block):
-        for c0 in range(0, cols, block):
-            sub = graded[r0 : r0 + block, c0 : c0 + block]
-            rr, cc = np.flatnonzero(sub.any(axis=1)), np.flatnonzero(sub.any(axis=0))
-            if rr.size:
-                out.append((r0 + int(rr[0]), c0 + int(cc[0]), int(rr[-1] - rr[0]) + 1,
-                            int(cc[-1] - cc[0]) + 1))
+    for r0 in range(0, rows, height):
+        band = graded[r0 : r0 + height]
+        idx = np.flatnonzero(band.any(axis=0))
+        for run in np.split(idx, np.flatnonzero(np.diff(idx) > 1) + 1):
+            for a in range(0, run.size, width):
+                c0, c1 = int(run[a]), int(run[min(a + width, run.size) - 1])
+                rr = np.flatnonzero(band[:, c0 : c1 + 1].any(axis=1))
+                out.append((r0 + int(rr[0]), c0, int(rr[-1] - rr[0]) + 1, c1 - c0 + 1))
     return out
 
 

@@ -22,6 +22,7 @@ import re
 import tempfile
 import threading
 import xml.etree.ElementTree as ET
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -293,6 +294,10 @@ def _downsamples(dims: Sequence[tuple[int, int]]) -> tuple[float, ...]:
 
 _ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"  # APP14, transform 0 (RGB)
 _SOI = b"\xff\xd8"
+#: Decoded tiles kept for reuse. Neighbouring scan regions overlap by a few pixels
+#: (window - stride), and without it the tiles along every region edge are decoded twice;
+#: a scan in raster order needs one row of tiles across the tissue (about 75 MB at 100k px).
+_TILE_CACHE_BYTES = 128 << 20
 
 
 @dataclass
@@ -328,6 +333,8 @@ class _TiffJpegReader(_BaseReader):
         self.threads = max(1, int(threads))
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._cache_bytes = 0
         self._fh = path.open("rb")  # held open until close()
         try:
             self._levels = [self._make_level(p) for p in pages]
@@ -417,6 +424,26 @@ class _TiffJpegReader(_BaseReader):
             return simplejpeg.decode_jpeg(lv.prefix + data[2:], colorspace="RGB")
         return self._decode_imagecodecs(lv, data)
 
+    def _cached_tile(self, level: int, index: int) -> np.ndarray | None:
+        """A decoded tile, from the LRU cache when it is there (read-only array)."""
+        key = (level, index)
+        with self._lock:
+            tile = self._cache.get(key)
+            if tile is not None:
+                self._cache.move_to_end(key)
+                return tile
+        tile = self._decode_tile(self._levels[level], index)
+        if tile is None:
+            return None
+        tile.flags.writeable = False
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = tile
+                self._cache_bytes += tile.nbytes
+                while self._cache_bytes > _TILE_CACHE_BYTES and self._cache:
+                    self._cache_bytes -= self._cache.popitem(last=False)[1].nbytes
+        return tile
+
     def _read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         lv = self._levels[level]
         out = np.empty((h, w, 3), dtype=np.uint8)
@@ -426,7 +453,7 @@ class _TiffJpegReader(_BaseReader):
 
         def paste(job: tuple[int, int]) -> None:
             tx, ty = job
-            tile = self._decode_tile(lv, ty * lv.tiles_across + tx)
+            tile = self._cached_tile(level, ty * lv.tiles_across + tx)
             gx, gy = tx * lv.tile_w, ty * lv.tile_h  # tile origin in level pixels
             sx0, sy0 = max(x, gx), max(y, gy)
             sx1, sy1 = min(x + w, gx + lv.tile_w), min(y + h, gy + lv.tile_h)
@@ -457,6 +484,9 @@ class _TiffJpegReader(_BaseReader):
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        with self._lock:
+            self._cache.clear()
+            self._cache_bytes = 0
         self._fh.close()
 
 
