@@ -122,11 +122,14 @@ def read_model_region(
     f = scale * ds
     m = np.array([[f, 0, -(l0_x - x_i) / ds * f], [0, f, -(l0_y - y_i) / ds * f]],
                  dtype=np.float32)
-    interp = cv2.INTER_CUBIC if f > 1 else cv2.INTER_AREA
+    if abs(f - 1.0) < 1e-6:  # a pyramid level at exactly the model's pixel size
+        return np.ascontiguousarray(img[:out_h, :out_w])
     if f < 1:
         return cv2.resize(img[: round(out_h / f), : round(out_w / f)], (out_w, out_h),
-                          interpolation=interp)
-    return cv2.warpAffine(img, m, (out_w, out_h), flags=interp, borderMode=cv2.BORDER_REPLICATE)
+                          interpolation=cv2.INTER_AREA)
+    # Lanczos, as the training pool was resampled (pool.resample_to)
+    return cv2.warpAffine(img, m, (out_w, out_h), flags=cv2.INTER_LANCZOS4,
+                          borderMode=cv2.BORDER_REPLICATE)
 
 
 def grade_slide(
