@@ -23,7 +23,7 @@ doing the work), which another process's load hardly changes; the ratios are tak
 within this one run.
 
 Run: .venv/bin/python bench/scan_throughput.py [--size 32768x24576] [--model PATH]
-     [--precision fp32|int8] [--int8-sample 24] [--json out.json]
+     [--precision fp32|int8] [--sample 48] [--json out.json]
 """
 
 from __future__ import annotations
@@ -261,20 +261,22 @@ def decode_floor(slide: Path, p: dict[str, Any], spec: Any, threads: int) -> dic
             "mp_cpu_s": mp / cpu}
 
 
-def model_only(slide: Path, p: dict[str, Any], fp32: Any, int8: Any | None,
-               int8_sample: int) -> dict[str, Any]:
-    """Grade every block's region with fp32 (and a sample with int8 too, the order
-    alternating), timing ``predict_region`` only; the decode before it is not timed."""
+def model_only(slide: Path, p: dict[str, Any], graders: dict[str, Any],
+               sample_blocks: int) -> dict[str, Any]:
+    """Grade every block's region as the scan does (``fp32``: windows cut out and graded
+    exactly, tissue windows only); on a sample of blocks also with the dense pass and int8.
+    Timed: converting the region and grading it; not timed: reading and decoding it."""
     from convfocus.scan import read_model_region
     from convfocus.slide import open_slide
 
+    fp32 = graders["fp32"]
     spec = fp32.spec
     blocks = p["blocks"]
-    step = max(1, len(blocks) // max(1, int8_sample))
-    sample = set(range(0, len(blocks), step)) if int8 is not None else set()
-    names = ("fp32", "fp32_sample", "int8")
-    acc = {k: np.zeros(4) for k in names}  # wall, cpu, graded, computed
-    classes: dict[str, list[np.ndarray]] = {"fp32_sample": [], "int8": []}
+    step = max(1, len(blocks) // max(1, sample_blocks))
+    sample = set(range(0, len(blocks), step)) if len(graders) > 1 else set()
+    acc = {k: np.zeros(4) for k in ("fp32", "fp32_sample", *graders)}  # wall, cpu, graded, computed
+    classes: dict[str, list[np.ndarray]] = {k: [] for k in graders}
+    probs: dict[str, list[np.ndarray]] = {k: [] for k in graders}
     win, stride, scale = spec.window_px, spec.stride_px, p["scale"]
     ox, oy = p["grid"].l0_origin_px
     with open_slide(slide) as reader:
@@ -283,19 +285,21 @@ def model_only(slide: Path, p: dict[str, Any], fp32: Any, int8: Any | None,
                                        nc * stride + win - stride, nr * stride + win - stride,
                                        scale)
             sel = p["graded"][r0 : r0 + nr, c0 : c0 + nc]
-            runs = [("fp32", fp32), ("int8", int8)] if i in sample else [("fp32", fp32)]
-            if i in sample and len(classes["int8"]) % 2:
-                runs.reverse()
-            for name, g in runs:
+            names = list(graders) if i in sample else ["fp32"]
+            if i in sample and len(classes["fp32"]) % 2:
+                names.reverse()  # alternate the order: neither profits from warm caches
+            for name in names:
+                g = graders[name]
                 t0, k0 = time.perf_counter(), _cpu()
-                prob = g.predict_region(region)
-                row = np.array([time.perf_counter() - t0, _cpu() - k0, sel.sum(), nr * nc])
+                prob = g.predict_region(g.prepare(region, select=sel))
+                computed = nr * nc if g.dense else int(sel.sum())
+                row = np.array([time.perf_counter() - t0, _cpu() - k0, sel.sum(), computed])
                 acc[name] += row
                 if i in sample:
-                    key = "int8" if name == "int8" else "fp32_sample"
                     if name == "fp32":
                         acc["fp32_sample"] += row
-                    classes[key].append(prob.argmax(-1)[sel])
+                    classes[name].append(prob.argmax(-1)[sel])
+                    probs[name].append(prob[sel])
     out: dict[str, Any] = {}
     for name, (wall, cpu, graded, computed) in acc.items():
         if not computed:
@@ -304,14 +308,21 @@ def model_only(slide: Path, p: dict[str, Any], fp32: Any, int8: Any | None,
         out[name] = {"wall_s": wall, "cpu_s": cpu, "graded_windows": int(graded),
                      "computed_windows": int(computed), "windows_s": computed / wall,
                      "mp_s": mp / wall, "mp_cpu_s": mp / cpu}
-    if classes["int8"]:
-        a = np.concatenate(classes["fp32_sample"]).astype(int)
+    ref = np.concatenate(classes["fp32"]).astype(int) if classes["fp32"] else None
+    if ref is not None and "dense" in graders:
+        d, w = np.concatenate(probs["dense"]), np.concatenate(probs["fp32"])
+        k = d.argmax(1)
+        out["dense_parity"] = {"windows": len(d), "same_class": float(np.mean(k == ref)),
+                               "within1": float(np.mean(np.abs(k - ref) <= 1)),
+                               "max_abs_dp": float(np.abs(d - w).max()),
+                               "p99_abs_dp": float(np.quantile(np.abs(d - w).max(1), 0.99))}
+    if ref is not None and "int8" in graders:
         b = np.concatenate(classes["int8"]).astype(int)
-        d = np.abs(a - b)
-        out["agreement"] = {"windows": int(d.size), "exact": float(np.mean(d == 0)),
-                            "within1": float(np.mean(d <= 1)), "mean_abs": float(d.mean()),
-                            "max_abs": int(d.max()),
-                            "fp32_class_histogram": np.bincount(a, minlength=30).tolist()}
+        dd = np.abs(ref - b)
+        out["int8_agreement"] = {"windows": int(dd.size), "exact": float(np.mean(dd == 0)),
+                                 "within1": float(np.mean(dd <= 1)),
+                                 "mean_abs": float(dd.mean()), "max_abs": int(dd.max()),
+                                 "fp32_class_histogram": np.bincount(ref, minlength=30).tolist()}
     return out
 
 
@@ -342,6 +353,79 @@ def end_to_end(slide: Path, model: str | None, precision: str, extra: list[str])
             "peak_rss_mb": after.ru_maxrss / 1024, "classmap": classmap}
 
 
+def outputs_child(width: int, height: int) -> None:
+    """In a fresh process: the per-slide arrays of a ``width x height`` slide at 0.25 µm/px
+    with tissue on all of it (the worst case), and every output file written from them.
+    Prints peak RSS and times as JSON; nothing of the slide's pixels is built."""
+    from types import SimpleNamespace
+
+    from convfocus import NUM_CLASSES
+    from convfocus.scan import Grading, ScanOptions, write_outputs
+    from convfocus.tiling import Grid
+    from convfocus.types import ModelSpec
+
+    t0 = time.perf_counter()
+    spec = ModelSpec(name="memory-check", version="0", arch="paper")
+    rows = (height - spec.window_px) // spec.stride_px + 1
+    cols = (width - spec.window_px) // spec.stride_px + 1
+    rng = np.random.default_rng(0)
+    probs = np.empty((rows, cols, NUM_CLASSES), np.float16)
+    for r in range(rows):  # smooth class field with noise, one row at a time
+        centre = 15 + 12 * np.sin(np.arange(cols) / 40 + r / 55)
+        z = -0.5 * ((np.arange(NUM_CLASSES)[None] - centre[:, None]) / 2.5) ** 2
+        z += rng.normal(0, 0.3, z.shape)
+        e = np.exp(z - z.max(1, keepdims=True))
+        probs[r] = e / e.sum(1, keepdims=True)
+    classmap = probs.argmax(-1).astype(np.int16)
+    cells = np.argwhere(np.ones((rows, cols), bool)).astype(np.int32)
+    grid = Grid((0.0, 0.0), float(spec.window_px), float(spec.stride_px), rows, cols, cells,
+                np.ones(len(cells), np.float32))
+    th_side = 2048
+    th_ds = max(width, height) / th_side
+    thumb = np.full((round(height / th_ds), round(width / th_ds), 3), 200, np.uint8)
+    g = Grading(classmap, probs, grid, float(spec.window_px), float(spec.stride_px), 1.0, 0.0,
+                {"slide_mpp": MODEL_MPP, "window_px": spec.window_px,
+                 "stride_px": spec.stride_px, "blocks": 0, "thumbnail": thumb,
+                 "th_downsample": th_ds})
+    reader = SimpleNamespace(dimensions=(width, height), format="tiff", mpp_from_metadata=0.25,
+                             path=Path("memory-check.tif"))
+    grader = SimpleNamespace(spec=spec)
+    rss_arrays = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t1 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="cf-outputs-") as tmpd:
+        write_outputs(Path(tmpd), g, reader, grader, ScanOptions(), Path("memory-check.tif"),
+                      runtime_start=t0)
+        sizes = {f.name: f.stat().st_size for f in Path(tmpd).iterdir()}
+    print(json.dumps({"rows": rows, "cols": cols, "windows": len(cells),
+                      "arrays_mb": (probs.nbytes + classmap.nbytes + cells.nbytes) / 2**20,
+                      "peak_rss_after_arrays_mb": rss_arrays,
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "write_outputs_s": time.perf_counter() - t1,
+                      "tiles_csv_mb": sizes.get("tiles.csv", 0) / 2**20}))
+
+
+def outputs_check(size: str) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, __file__, "--outputs-child", size], check=True,
+                          capture_output=True, text=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _model_copy(model: str | None) -> str:
+    """The model's files copied to ``bench/.cache/models/`` (its int8 graph is cached there)."""
+    from convfocus.checkpoint import resolve_model_path
+
+    base = resolve_model_path(model)
+    dest = CACHE / "models" / base.name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in (".json", ".onnx", ".safetensors"):
+        src = base.with_suffix(suffix)
+        if src.is_file() and (not dest.with_suffix(suffix).is_file()
+                              or dest.with_suffix(suffix).read_bytes() != src.read_bytes()):
+            shutil.copyfile(src, dest.with_suffix(suffix))
+            dest.with_name(dest.name + ".int8.onnx").unlink(missing_ok=True)  # stale
+    return str(dest)
+
+
 # --- report -------------------------------------------------------------------------------------
 
 
@@ -352,30 +436,44 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=None, help="model name or path (default: the shipped one)")
     ap.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
                     help="precision of the end-to-end scan (default fp32)")
-    ap.add_argument("--int8-sample", type=int, default=24,
-                    help="blocks graded with int8 as well (0: no int8)")
-    ap.add_argument("--block", type=int, default=16, help="block size in cells (default 16)")
+    ap.add_argument("--sample", type=int, default=48,
+                    help="blocks also graded with the dense pass and with int8 (0: none)")
+    ap.add_argument("--block", type=int, default=None,
+                    help="region size in cells (default: the scan's, ScanOptions.block)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="cores to use")
     ap.add_argument("--rebuild", action="store_true", help="rebuild the cached slide")
     ap.add_argument("--skip-model-only", action="store_true")
+    ap.add_argument("--outputs-rss", default="100000x100000", metavar="WxH",
+                    help="also write every output of a slide this large, all tissue, from "
+                    "made-up grades, and report the peak RSS ('' to skip)")
+    ap.add_argument("--outputs-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args(argv)
+    if args.outputs_child:
+        outputs_child(*(int(v) for v in args.outputs_child.lower().split("x")))
+        return 0
     width, height = (int(v) for v in args.size.lower().split("x"))
 
     from convfocus.infer import load_grader
+    from convfocus.scan import ScanOptions
+
+    block = args.block or ScanOptions().block
 
     slide = cached_slide(width, height, rebuild=args.rebuild)
     t_start = time.perf_counter()
-    fp32 = load_grader(args.model, threads=args.threads)
-    int8 = load_grader(args.model, threads=args.threads, precision="int8") \
-        if args.int8_sample > 0 else None
-    p = plan(slide, fp32, args.block)
+    model = _model_copy(args.model)  # the int8 graph is made beside it, not in the package
+    graders = {"fp32": load_grader(model, threads=args.threads)}
+    if args.sample > 0:
+        graders["dense"] = load_grader(model, threads=args.threads, dense=True)
+        graders["int8"] = load_grader(model, threads=args.threads, precision="int8")
+    fp32 = graders["fp32"]
+    p = plan(slide, fp32, block)
     computed = sum(b[2] * b[3] for b in p["blocks"])
     graded = int(p["graded"].sum())
     print(f"slide {width}x{height} ({width * height / 1e9:.2f} GP), "
           f"{graded} tissue windows = {graded * 16384 / 1e6:.0f} MP of tissue "
-          f"({graded * 16384 / (width * height):.0%}), {len(p['blocks'])} blocks of <= "
-          f"{args.block}² cells, {computed} windows computed ({computed / graded - 1:+.1%}); "
+          f"({graded * 16384 / (width * height):.0%}), {len(p['blocks'])} regions of <= "
+          f"{block}² cells, {computed} windows computed ({computed / graded - 1:+.1%}); "
           f"model {fp32.spec.name} ({fp32.spec.arch}), {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
 
@@ -388,14 +486,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"decode floor: {res['decode']['tiles']} tiles, {res['decode']['mp_s']:.0f} MP/s "
           f"({res['decode']['mp_cpu_s']:.0f} MP per CPU-s)", flush=True)
     if not args.skip_model_only:
-        res["model_only"] = model_only(slide, p, fp32, int8, args.int8_sample)
+        res["model_only"] = model_only(slide, p, graders, args.sample)
         for k, v in res["model_only"].items():
             print(f"model-only {k}: " + ", ".join(
                 f"{a}={b:.4g}" if isinstance(b, float) else f"{a}={b}" for a, b in v.items()),
                 flush=True)
-    del fp32, int8
-    e2e = end_to_end(slide, args.model, args.precision, ["--threads", str(args.threads)])
+    del fp32, graders
+    e2e = end_to_end(slide, model, args.precision, ["--threads", str(args.threads)])
     res["end_to_end"] = {k: v for k, v in e2e.items() if k != "classmap"}
+    if args.outputs_rss:
+        res["outputs_check"] = {"size": args.outputs_rss, **outputs_check(args.outputs_rss)}
     res["total_bench_s"] = time.perf_counter() - t_start
     _print_table(res, args.precision)
     if args.json:
@@ -407,9 +507,10 @@ def _print_table(res: dict[str, Any], precision: str) -> None:
     d, e = res["decode"], res["end_to_end"]
     mo = res.get("model_only", {})
     rows = [("decode floor (tissue tiles, all cores)", d["mp_s"], d["mp_cpu_s"], "")]
-    for k, label in (("fp32", "model-only fp32 (all blocks)"),
-                     ("fp32_sample", "model-only fp32 (int8 sample)"),
-                     ("int8", "model-only int8 (int8 sample)")):
+    for k, label in (("fp32", "model-only fp32, windows graded exactly (all regions)"),
+                     ("fp32_sample", "model-only fp32, exact (sample)"),
+                     ("dense", "model-only fp32, dense pass (sample)"),
+                     ("int8", "model-only int8, exact (sample)")):
         if k in mo:
             rows.append((label, mo[k]["mp_s"], mo[k]["mp_cpu_s"],
                          f"{mo[k]['windows_s']:.0f} windows/s computed"))
@@ -421,18 +522,30 @@ def _print_table(res: dict[str, Any], precision: str) -> None:
     for name, a, b, note in rows:
         print(f"| {name} | {a:.1f} | {b:.1f} | {note} |")
     print(f"\npeak RSS of the scan: {e['peak_rss_mb']:.0f} MB")
-    ref = mo.get("fp32_sample" if precision == "int8" and "int8" in mo else "fp32")
-    if precision == "int8" and "int8" in mo:
-        ref = mo["int8"]
+    if "outputs_check" in res:
+        o = res["outputs_check"]
+        print(f"outputs of a {o['size']} slide, all tissue ({o['windows']} windows, made-up "
+              f"grades): peak RSS {o['peak_rss_mb']:.0f} MB ({o['arrays_mb']:.0f} MB of grade "
+              f"arrays), written in {o['write_outputs_s']:.1f} s, tiles.csv "
+              f"{o['tiles_csv_mb']:.0f} MB")
+    ref = mo.get("int8" if precision == "int8" else "fp32")
     if ref:
         print(f"end to end / model-only ({precision}): wall {e['mp_s'] / ref['mp_s']:.0%}, "
               f"per CPU-s {e['mp_cpu_s'] / ref['mp_cpu_s']:.0%}")
-    if "int8" in mo:
-        a = mo["agreement"]
-        print(f"int8 / fp32 speed (same blocks): wall {mo['int8']['mp_s'] / mo['fp32_sample']['mp_s']:.2f}x, "
-              f"per CPU-s {mo['int8']['mp_cpu_s'] / mo['fp32_sample']['mp_cpu_s']:.2f}x; "
-              f"classes within ±1: {a['within1']:.2%}, exact {a['exact']:.2%}, "
-              f"mean |Δ| {a['mean_abs']:.3f} ({a['windows']} windows)")
+    f32 = mo.get("fp32_sample")
+    if "int8" in mo and f32:
+        a, i8 = mo["int8_agreement"], mo["int8"]
+        print(f"int8 / fp32 speed (same regions): wall {i8['mp_s'] / f32['mp_s']:.2f}x, "
+              f"per CPU-s {i8['mp_cpu_s'] / f32['mp_cpu_s']:.2f}x; classes within ±1: "
+              f"{a['within1']:.2%}, exact {a['exact']:.2%}, mean |Δ| {a['mean_abs']:.3f} "
+              f"({a['windows']} windows)")
+    if "dense" in mo and f32:
+        q, dn = mo["dense_parity"], mo["dense"]
+        print(f"dense / exact speed (same regions): wall {dn['mp_s'] / f32['mp_s']:.2f}x, "
+              f"per CPU-s {dn['mp_cpu_s'] / f32['mp_cpu_s']:.2f}x; dense pass vs windows "
+              f"alone: same class on {q['same_class']:.2%} of {q['windows']} windows (within "
+              f"±1: {q['within1']:.2%}), max |Δp| {q['max_abs_dp']:.4f} (99th percentile "
+              f"{q['p99_abs_dp']:.4f})")
     print(f"decode floor / model-only fp32 per CPU-s: "
           f"{d['mp_cpu_s'] / mo['fp32']['mp_cpu_s']:.1f}x" if "fp32" in mo else "")
     print(f"bench time {res['total_bench_s']:.0f} s; load average "

@@ -360,3 +360,23 @@ def test_a_slide_one_window_wide_gives_one_window(tmp_path: Path, tissue_rgb: np
         reader.close()
     assert (g.grid.rows, g.grid.cols) == (1, 1) and len(g.grid.cells) == 1
     assert 0 <= g.classmap[0, 0] < NUM_CLASSES
+
+
+@pytest.mark.parametrize("block", [1, 2, 8, 16])
+def test_regions_cover_each_graded_cell_once_and_hug_the_tissue(block: int):
+    """Regions: every graded cell in exactly one, at most block² cells each, and each region's
+    outer rows and columns hold a graded cell (no pass over bare glass at the edges)."""
+    rng = np.random.default_rng(block)
+    for _ in range(20):
+        rows, cols = (int(v) for v in rng.integers(1, 70, 2))
+        graded = rng.random((rows, cols)) < rng.uniform(0.05, 0.9)
+        graded[: rng.integers(0, rows)] = False  # glass above the tissue
+        blocks = _blocks(np.argwhere(graded), rows, cols, block)
+        count = np.zeros((rows, cols), int)
+        for r0, c0, nr, nc in blocks:
+            assert nr * nc <= max(1, block * block) and r0 + nr <= rows and c0 + nc <= cols
+            sub = graded[r0 : r0 + nr, c0 : c0 + nc]
+            assert sub[0].any() and sub[-1].any() and sub[:, 0].any() and sub[:, -1].any()
+            count[r0 : r0 + nr, c0 : c0 + nc] += 1
+        assert (count[graded] == 1).all()
+        assert count.max(initial=0) <= 1

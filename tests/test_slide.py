@@ -403,6 +403,32 @@ def test_thumbnail_uses_a_small_level(pyramid_tiff: Path, monkeypatch: pytest.Mo
         assert s.get_thumbnail(5000).shape == (1536, 2048, 3)  # never upsampled
 
 
+def test_decoded_tiles_are_reused_within_a_bounded_cache(
+    pyramid_tiff: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Overlapping reads decode a shared tile once; the cache never holds more than its
+    budget, and evicted tiles read back the same."""
+    with open_slide(pyramid_tiff, threads=1) as s:
+        assert s._cache_limit == slide._TILE_CACHE_BYTES[0]  # a small slide: the minimum
+        s._cache_limit = 6 * 256 * 256 * 3  # six tiles
+        decoded: list[int] = []
+        original = s._decode_tile
+
+        def spy(lv: Any, index: int) -> np.ndarray | None:
+            decoded.append(index)
+            return original(lv, index)
+
+        monkeypatch.setattr(s, "_decode_tile", spy)
+        first = s.read_region((500, 300), 0, (139, 139))  # inside tiles 1..2 x 1..2
+        n = len(decoded)
+        again = s.read_region((520, 310), 0, (100, 100))
+        assert len(decoded) == n  # all from the cache
+        np.testing.assert_array_equal(again, first[10:110, 20:120])
+        s.read_region((0, 0), 0, (2048, 1536))  # 48 tiles through a six-tile cache
+        assert s._cache_bytes <= s._cache_limit and len(s._cache) <= 6
+        np.testing.assert_array_equal(s.read_region((500, 300), 0, (139, 139)), first)
+
+
 def test_best_level_for_downsample(pyramid_tiff: Path) -> None:
     with open_slide(pyramid_tiff) as s:
         assert [s.best_level_for_downsample(d) for d in (0.5, 1, 1.9, 2, 3.99, 4, 100)] == [

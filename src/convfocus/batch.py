@@ -106,12 +106,13 @@ def _read_manifest(path: Path) -> list[SlideJob]:
 
 @lru_cache(maxsize=4)
 def _cached_grader(
-    model: str | None, device: str, backend: str, threads: int | None, precision: str = "fp32"
+    model: str | None, device: str, backend: str, threads: int | None, precision: str = "fp32",
+    dense: bool = False,
 ) -> Any:
     from convfocus.infer import load_grader
 
     return load_grader(model, device=device, backend=backend, threads=threads,
-                       precision=precision)
+                       precision=precision, dense=dense)
 
 
 def scan_job(job: SlideJob, out_root: str, opts: ScanOptions) -> SlideResult:
@@ -126,7 +127,7 @@ def scan_job(job: SlideJob, out_root: str, opts: ScanOptions) -> SlideResult:
         return failed(f"{job.path}: no slides in this folder")
     try:
         grader = _cached_grader(None if o.model is None else str(o.model), o.device, o.backend,
-                                o.threads, o.precision)
+                                o.threads, o.precision, o.dense)
         out = scan_path(job.path, Path(out_root), options=o, grader=grader)
         return SlideResult(job.path, "done", out, None, time.perf_counter() - t0)
     except ConvFocusError as exc:

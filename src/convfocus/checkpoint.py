@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from convfocus.errors import ModelError
+from convfocus.errors import ConfigError, ModelError
 from convfocus.types import ModelSpec
 
 if TYPE_CHECKING:  # torch is imported where weights are touched: ONNX inference needs none
@@ -223,19 +223,21 @@ def calibration_regions(spec: ModelSpec, *, n: int = 24, side_cells: int = 4,
     return out
 
 
-def quantize_onnx(base: Path, *, method: str = "static", out: Path | None = None) -> Path:
+def quantize_onnx(
+    base: Path, *, method: str = "static", out: Path | None = None, calibration: int = 24
+) -> Path:
     """Write an int8 copy of ``NAME.onnx`` (default ``NAME.int8.onnx``) and return its path.
 
     ``static``: QDQ graph, per-channel int8 weights, uint8 activations whose ranges are
-    calibrated (min/max) on :func:`calibration_regions`; the input ``rgb`` keeps its
-    exact 0..255 range (scale 1). ``dynamic``: int8 weights, activations quantised at
-    run time (``ConvInteger``). Both take 0..255 RGB (``rgb``).
+    calibrated (min/max) on ``calibration`` crops of :func:`calibration_regions`; the input
+    ``rgb`` keeps its exact 0..255 range (scale 1). ``dynamic``: int8 weights, activations
+    quantised at run time (``ConvInteger``). Both take 0..255 RGB (``rgb``).
     """
     import onnx
     from onnxruntime.quantization import CalibrationDataReader  # type: ignore[import-untyped]
 
     if method not in QUANT_METHODS:
-        raise ModelError(f"unknown quantisation method {method!r}; choose static or dynamic")
+        raise ConfigError(f"unknown quantisation method {method!r}; choose static or dynamic")
     base = resolve_model_path(base)
     spec = load_spec(base)
     src = base.with_suffix(".onnx")
@@ -245,7 +247,7 @@ def quantize_onnx(base: Path, *, method: str = "static", out: Path | None = None
         raise ModelError(f"ONNX graph does not load: {exc}", src) from None
     folded = fold_normalisation(graph, spec)
     out = Path(out) if out is not None else int8_path(base)
-    regions = calibration_regions(spec) if method == "static" else []
+    regions = calibration_regions(spec, n=calibration) if method == "static" else []
 
     class _Reader(CalibrationDataReader):  # type: ignore[misc]
         def __init__(self) -> None:

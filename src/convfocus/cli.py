@@ -97,6 +97,10 @@ def _add_scan(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="convfocus-out", help="output folder (default convfocus-out)")
     _add_model_args(p)
     _add_precision(p)
+    p.add_argument("--dense", action="store_true",
+                   help="one pass of the conv stack per region: a few %% faster, but window "
+                   "edges see their neighbours, so about 2 %% of classes differ "
+                   "(docs/performance.md)")
     p.add_argument("--mpp", type=_positive_float, default=None,
                    help="level-0 pixel size in µm/px (overrides the file's metadata)")
     p.add_argument("--native", action="store_true",
@@ -126,6 +130,7 @@ def _scan_options(args: argparse.Namespace) -> ScanOptions:
         model=args.model, mpp=args.mpp, native=args.native, profile=args.profile,
         device=args.device, backend=args.backend, threads=args.threads, window_px=args.window,
         stride_px=args.stride, min_tissue=args.min_tissue, precision=args.precision,
+        dense=args.dense,
     )
 
 
@@ -201,6 +206,10 @@ def _add_patches(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--densest", type=_positive_int, default=None, metavar="K",
                    help="keep only the K densest patches per source (lowest mean luma)")
     p.add_argument("--max-per-source", type=_positive_int, default=400)
+    p.add_argument("--native-stride", type=_positive_int, default=None, metavar="PX",
+                   help="grid step for sources already at about 0.25 µm/px (default 150)")
+    p.add_argument("--max-per-upsampled", type=_positive_int, default=None, metavar="N",
+                   help="cap the patches of sources that had to be upsampled")
     p.add_argument("--max-mpp", type=_positive_float, default=0.55,
                    help="leave out sources coarser than this (µm/px)")
     p.add_argument("--val", action="append", default=None, metavar="NAME",
@@ -217,6 +226,7 @@ def _run_patches(args: argparse.Namespace) -> int:
     entries = build_pool(
         sources, Path(args.out), densest_k=args.densest, max_per_source=args.max_per_source,
         max_mpp=args.max_mpp, validation=args.val or DEFAULT_VALIDATION,
+        native_stride_px=args.native_stride, max_per_upsampled_source=args.max_per_upsampled,
     )
     n_val = sum(e.split == "val" for e in entries)
     print(f"{len(entries)} patches ({n_val} validation) in {args.out}")
@@ -238,10 +248,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None, help="synthesis worker processes")
     p.add_argument("--val-every", type=_positive_int, default=None)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--noise-s", type=_positive_float, nargs=2, default=None,
+                   metavar=("MIN", "MAX"),
+                   help="Poisson scale S on the 0..255 scale, drawn log-uniformly (0.05 0.5)")
     p.add_argument("--name", default=None, help="model name (default convfocus-PRESET)")
     p.add_argument("--max-minutes", type=_positive_float, default=None,
                    help="stop (and export) after this long; rerun to resume")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--init", default=None, metavar="MODEL",
+                   help="start from the weights of this model (fine-tuning)")
     p.set_defaults(func=_run_train)
 
 
@@ -254,8 +269,13 @@ def _run_train(args: argparse.Namespace) -> int:
         args.preset, arch=args.arch, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         optimizer=args.optimizer, workers=args.workers, val_every=args.val_every, seed=args.seed,
     )
+    if args.noise_s:
+        from dataclasses import replace
+
+        lo, hi = sorted(args.noise_s)
+        cfg = replace(cfg, synthesis=cfg.synthesis.with_(noise_s_8bit=(lo, hi)))
     base = train(Path(args.pool), Path(args.out), cfg, name=args.name, device=args.device,
-                 max_minutes=args.max_minutes)
+                 max_minutes=args.max_minutes, init=args.init)
     print(base.with_suffix(".json"))
     return 0
 
@@ -322,6 +342,8 @@ def _add_check_model(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check-model", help="run the grader checks on held-out real tissue")
     _add_model_args(p)
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--pool", default=None,
+                   help="also score a fixed synthetic set from this pool's validation sources")
     p.set_defaults(func=_run_check_model)
 
 
@@ -335,6 +357,10 @@ def _run_check_model(args: argparse.Namespace) -> int:
     grader = load_grader(args.model, device=args.device, backend=args.backend,
                          threads=args.threads)
     res = run_checks(grader, _shared_data())
+    if args.pool:
+        from convfocus.modelcheck import synthetic_validation
+
+        res["synthetic_validation"] = synthetic_validation(grader, Path(args.pool))
     text = json.dumps(res, indent=2)
     print(text)
     if args.out:

@@ -111,6 +111,11 @@ class SynthesisConfig:
     jpeg: bool = True
     jpeg_quality: tuple[int, int] = (70, 90)
     degrade_class0: bool = True  # noise + JPEG also on class 0, so they are no cue for blur
+    #: Partial defocus (not in the paper): with this probability a blurred patch keeps a
+    #: share U(0, partial_max) of its sharp image, as where a fold or a thick section puts
+    #: tissue both in and out of the focal plane. 0 = the paper's synthesis.
+    partial_prob: float = 0.0
+    partial_max: float = 0.4
 
     def with_(self, **kw: object) -> SynthesisConfig:
         return replace(self, **kw)  # type: ignore[arg-type]
@@ -125,6 +130,7 @@ class SynthesisParams:
     noise_s_8bit: float  # 0 = no noise
     jpeg_quality: int  # 0 = no JPEG
     seed: int
+    sharp_share: float = 0.0  # partial defocus: share of the sharp image kept
 
 
 def sample_synthesis(
@@ -140,7 +146,11 @@ def sample_synthesis(
     q = 0
     if config.jpeg and degrade:
         q = int(rng.integers(config.jpeg_quality[0], config.jpeg_quality[1] + 1))
-    return SynthesisParams(c, blur, s, q, int(rng.integers(0, 2**31 - 1)))
+    seed = int(rng.integers(0, 2**31 - 1))
+    share = 0.0
+    if c > 0 and config.partial_prob > 0 and rng.random() < config.partial_prob:
+        share = float(rng.uniform(0.0, config.partial_max))
+    return SynthesisParams(c, blur, s, q, seed, share)
 
 
 # --- kernels -----------------------------------------------------------------------------------
@@ -396,6 +406,9 @@ def synthesize(
         x = blur_valid(region, config.kind, params.blur) * np.float32(1 / 255)
     else:
         x = patch[y0 : y0 + sh, x0 : x0 + sw].astype(np.float32) * np.float32(1 / 255)
+    if params.sharp_share > 0 and m > 0:
+        sharp = patch[y0 : y0 + sh, x0 : x0 + sw].astype(np.float32) * np.float32(1 / 255)
+        x = (1.0 - params.sharp_share) * x + params.sharp_share * sharp
     if params.noise_s_8bit > 0:
         rng = np.random.default_rng(params.seed)
         x = add_poisson_noise(x, params.noise_s_8bit / 255.0, rng)

@@ -3,6 +3,16 @@
 ONNX Runtime runs the exported dense graph on CPU (and on CUDA where its CUDA
 provider is installed); PyTorch is the fallback and the CUDA path. Settings
 (window, stride, normalisation) come from the model's spec, never from guesses.
+
+A region (``stride * rows + window - stride`` px a side) is graded in one of two ways:
+its windows cut out and graded as one batch, exactly as the model was trained (the
+default), or ``dense``: one pass of the conv stack over the whole region, each window's
+logits pooled from it. The dense pass does about 15 % less arithmetic for a full region
+but is not exact: inside a region the SAME-padded third convolution sees the neighbouring
+window's features where a window graded alone sees zeros, which moves probabilities by up
+to a few hundredths and, where the top classes are nearly tied, the class. A scan cuts
+out only its tissue windows, so the dense pass gains only a few % there
+(docs/performance.md has the figures).
 """
 
 from __future__ import annotations
@@ -29,8 +39,48 @@ def _rgb_nchw_float(x_uint8: np.ndarray) -> np.ndarray:
     with the normalisation folded into its first convolution)."""
     n, h, w, c = x_uint8.shape
     out = np.empty((n, c, h, w), np.float32)
-    np.copyto(out, x_uint8.transpose(0, 3, 1, 2))
+    for i in range(c):  # plane by plane: twice as fast as one transposing copy
+        out[:, i] = x_uint8[..., i]
     return out
+
+
+def _window_view(x_uint8: np.ndarray, win: int, stride: int) -> np.ndarray:
+    """(N, H, W, 3) -> a view (N, rows, cols, 3, win, win) of every window of the regions."""
+    v = np.lib.stride_tricks.sliding_window_view(x_uint8, (win, win), axis=(1, 2))
+    return v[:, ::stride, ::stride]
+
+
+def _cut_windows(x_uint8: np.ndarray, win: int, stride: int) -> np.ndarray:
+    """(N, H, W, 3) uint8 regions -> (N * rows * cols, win, win, 3) uint8, row-major."""
+    v = _window_view(x_uint8, win, stride)
+    return np.ascontiguousarray(v.transpose(0, 1, 2, 4, 5, 3)).reshape(-1, win, win, 3)
+
+
+def _windows_rgb_nchw_float(x_uint8: np.ndarray, win: int, stride: int) -> np.ndarray:
+    """(N, H, W, 3) uint8 regions -> (N * rows * cols, 3, win, win) float32 0..255: every
+    window cut out and converted in one copy per colour plane."""
+    v = _window_view(x_uint8, win, stride)
+    n, rows, cols, c = v.shape[:4]
+    out = np.empty((n, rows, cols, c, win, win), np.float32)
+    for i in range(c):
+        out[:, :, :, i] = v[:, :, :, i]
+    return out.reshape(n * rows * cols, c, win, win)
+
+
+class PreparedRegion:
+    """Regions already converted to a grader's input (:meth:`Grader.prepare`)."""
+
+    __slots__ = ("batched", "data", "dense", "grid", "select", "shape")
+
+    def __init__(self, data: Any, shape: tuple[int, ...], batched: bool, *, dense: bool = True,
+                 grid: tuple[int, int, int] = (0, 0, 0),
+                 select: np.ndarray | None = None) -> None:
+        self.data = data
+        self.shape = shape  # of the uint8 regions: (N, H, W, 3)
+        self.batched = batched
+        self.dense = dense  # False: ``data`` holds the regions' windows as a batch
+        self.grid = grid  # (N, rows, cols)
+        self.select = select  # (rows, cols) bool: only these windows are in ``data``
 
 
 def _softmax(z: np.ndarray, axis: int) -> np.ndarray:
@@ -44,16 +94,23 @@ class Grader:
 
     def __init__(  # type: ignore[no-untyped-def]
         self, spec: ModelSpec, run, backend: str, device: str, *, prepare=None,
-        precision: str = "fp32",
+        prepare_windows=None, run_windows=None, precision: str = "fp32", dense: bool = False,
     ) -> None:
         self.spec = spec
-        # run: prepare(x) -> logits (N, 30, rows, cols); prepare: uint8 (N, H, W, 3) -> the
-        # runtime's input (default: float32 (N, 3, H, W) normalised)
+        # run: prepare(x) -> logits (N, 30, rows, cols), prepare_windows(x) -> logits
+        # (N * rows * cols, 30, 1, 1); prepare: uint8 (N, H, W, 3) -> the runtime's input
+        # (default: float32 (N, 3, H, W) normalised); prepare_windows: the same regions ->
+        # the runtime's input holding each window alone (default: cut, then ``prepare``),
+        # which run_windows (default: run) grades
         self._run = run
+        self._run_windows = run_windows if run_windows is not None else run
         self._prepare = prepare if prepare is not None else self._normalise
+        self._prepare_windows = prepare_windows if prepare_windows is not None else (
+            lambda x: self._prepare(_cut_windows(x, spec.window_px, spec.stride_px)))
         self.backend = backend
         self.device = device
         self.precision = precision
+        self.dense = dense
         self._mean = np.asarray(spec.mean, np.float32).reshape(1, 3, 1, 1)
         self._scale = (1.0 / (255.0 * np.asarray(spec.std, np.float32))).reshape(1, 3, 1, 1)
         self._mean_scaled = self._mean / np.asarray(spec.std, np.float32).reshape(1, 3, 1, 1)
@@ -65,17 +122,53 @@ class Grader:
         x -= self._mean_scaled
         return x
 
-    def logits_region(self, region: np.ndarray) -> np.ndarray:
-        """Logits of every window of one or more regions: (H, W, 3) or (N, H, W, 3) uint8
-        with ``H = stride * rows + (window - stride)`` -> (N, rows, cols, 30) float32."""
-        x = region[None] if region.ndim == 3 else region
-        z = self._run(self._prepare(x))
-        return np.ascontiguousarray(z.transpose(0, 2, 3, 1), dtype=np.float32)
+    def prepare(self, region: np.ndarray, *, select: np.ndarray | None = None) -> PreparedRegion:
+        """Convert (H, W, 3) or (N, H, W, 3) uint8 regions to the runtime's input ahead of
+        time (thread-safe: a reading thread does it while the model grades other regions).
 
-    def predict_region(self, region: np.ndarray) -> np.ndarray:
+        ``select``: (rows, cols) bool, the windows of one region to grade; the others are
+        skipped where windows are graded one by one (not in the dense pass), and their
+        probabilities come out as zeros.
+        """
+        x = region[None] if region.ndim == 3 else region
+        win, stride = self.spec.window_px, self.spec.stride_px
+        if x.ndim != 4 or min(x.shape[1:3]) < win:
+            raise ConfigError(f"regions must be (n, h, w, 3) with h, w >= {win}, got {x.shape}")
+        grid = (x.shape[0], (x.shape[1] - win) // stride + 1, (x.shape[2] - win) // stride + 1)
+        if self.dense or grid[1:] == (1, 1):  # one window: both ways are the same
+            return PreparedRegion(self._prepare(x), x.shape, region.ndim == 4, grid=grid)
+        if select is not None and select.any() and not select.all():
+            if select.shape != grid[1:] or grid[0] != 1:
+                raise ConfigError(f"select must be {grid[1:]} for one region, got {select.shape}")
+            wins = np.ascontiguousarray(_window_view(x, win, stride)[0][select].transpose(
+                0, 2, 3, 1))  # (n, win, win, 3)
+            return PreparedRegion(self._prepare(wins), x.shape, region.ndim == 4, dense=False,
+                                  grid=grid, select=select)
+        return PreparedRegion(self._prepare_windows(x), x.shape, region.ndim == 4, dense=False,
+                              grid=grid)
+
+    def logits_region(self, region: np.ndarray | PreparedRegion) -> np.ndarray:
+        """Logits of every window of one or more regions: (H, W, 3) or (N, H, W, 3) uint8
+        with ``H = stride * rows + (window - stride)`` (or :meth:`prepare`'s result) ->
+        (N, rows, cols, 30) float32."""
+        prep = region if isinstance(region, PreparedRegion) else self.prepare(region)
+        if prep.select is not None:  # selected windows, graded one by one
+            z = np.asarray(self._run(prep.data)).reshape(-1, self.spec.num_classes)
+            out = np.zeros((*prep.grid, self.spec.num_classes), np.float32)
+            out[0][prep.select] = z
+            return out
+        z = np.asarray((self._run if prep.dense else self._run_windows)(prep.data))
+        if prep.dense:
+            return np.ascontiguousarray(z.transpose(0, 2, 3, 1), dtype=np.float32)
+        return np.ascontiguousarray(z.reshape(*prep.grid, -1), dtype=np.float32)
+
+    def predict_region(self, region: np.ndarray | PreparedRegion) -> np.ndarray:
         """Probabilities of every window of a region: (rows, cols, 30) (or batched)."""
         p = _softmax(self.logits_region(region), axis=-1)
-        return p[0] if region.ndim == 3 else p
+        if isinstance(region, PreparedRegion) and region.select is not None:
+            p[0][~region.select] = 0.0
+        batched = region.batched if isinstance(region, PreparedRegion) else region.ndim == 4
+        return p if batched else p[0]
 
     def predict_windows(self, windows: np.ndarray, batch: int = 256) -> np.ndarray:
         """Probabilities of independent windows: (n, 139, 139, 3) uint8 -> (n, 30)."""
@@ -106,6 +199,7 @@ def load_grader(
     backend: str = "auto",
     threads: int | None = None,
     precision: str = "fp32",
+    dense: bool = False,
 ) -> Grader:
     """Load a model for inference.
 
@@ -114,7 +208,8 @@ def load_grader(
     when its CUDA provider is installed; PyTorch otherwise). ``precision``: ``fp32``;
     ``int8`` runs ``NAME.int8.onnx`` with ONNX Runtime on the CPU (made by
     :func:`convfocus.checkpoint.quantize_onnx` when absent); ``fp16`` runs PyTorch on
-    CUDA under autocast.
+    CUDA under autocast. ``dense``: grade regions with one pass of the conv stack instead of
+    cutting out their windows (faster, not exact; see the module docstring).
     """
     from convfocus.checkpoint import load_spec, resolve_model_path
 
@@ -135,7 +230,7 @@ def load_grader(
     spec = load_spec(base)
     onnx_path = base.with_suffix(".onnx")
     if precision == "int8":
-        return _int8_grader(base, spec, threads)
+        return _int8_grader(base, spec, threads, dense)
     if backend == "auto":
         backend = "onnx" if onnx_path.is_file() and precision == "fp32" else "torch"
         if backend == "onnx" and device == "cuda":
@@ -144,9 +239,9 @@ def load_grader(
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 backend = "torch"
     if backend == "onnx":
-        return _onnx_grader(onnx_path, spec, device, threads)
+        return _onnx_grader(onnx_path, spec, device, threads, dense)
     if backend == "torch":
-        return _torch_grader(base, spec, device, threads, precision)
+        return _torch_grader(base, spec, device, threads, precision, dense)
     raise ConfigError(f"unknown backend {backend!r}; choose onnx, torch or auto")
 
 
@@ -167,7 +262,9 @@ def _session(graph: bytes | str, path: Path, device: str, threads: int | None) -
         raise ModelError(f"ONNX graph does not load: {exc}", path) from None
 
 
-def _onnx_grader(path: Path, spec: ModelSpec, device: str, threads: int | None) -> Grader:
+def _onnx_grader(
+    path: Path, spec: ModelSpec, device: str, threads: int | None, dense: bool = False
+) -> Grader:
     """ONNX Runtime on ``NAME.onnx``, with the input normalisation folded into the first
     convolution when the graph allows (one pass uint8 -> float32 instead of three)."""
     import onnx
@@ -185,9 +282,11 @@ def _onnx_grader(path: Path, spec: ModelSpec, device: str, threads: int | None) 
     except ModelError as exc:
         log.info("normalisation not folded into %s (%s)", path.name, exc.message)
         folded = None
+    prepare_windows = None
     if folded is not None:
         sess = _session(folded.SerializeToString(), path, device, threads)
         name, prepare = ONNX_INPUT_RGB, _rgb_nchw_float
+        prepare_windows = _windows_prepare(spec)
     else:
         sess = _session(graph.SerializeToString(), path, device, threads)
         name, prepare = ONNX_INPUT_NORMALISED, None
@@ -195,10 +294,20 @@ def _onnx_grader(path: Path, spec: ModelSpec, device: str, threads: int | None) 
     def run(x: np.ndarray) -> np.ndarray:
         return sess.run(["logits"], {name: x})[0]
 
-    return Grader(spec, run, "onnx", device, prepare=prepare)
+    return Grader(spec, run, "onnx", device, prepare=prepare, prepare_windows=prepare_windows,
+                  dense=dense)
 
 
-def _int8_grader(base: Path, spec: ModelSpec, threads: int | None) -> Grader:
+def _windows_prepare(spec: ModelSpec):  # type: ignore[no-untyped-def]
+    def prepare_windows(x: np.ndarray) -> np.ndarray:
+        return _windows_rgb_nchw_float(x, spec.window_px, spec.stride_px)
+
+    return prepare_windows
+
+
+def _int8_grader(
+    base: Path, spec: ModelSpec, threads: int | None, dense: bool = False
+) -> Grader:
     """ONNX Runtime on ``NAME.int8.onnx``; quantised here first when it is missing (beside
     the model, or in memory where that folder is read-only)."""
     import tempfile
@@ -221,14 +330,17 @@ def _int8_grader(base: Path, spec: ModelSpec, threads: int | None) -> Grader:
     def run(x: np.ndarray) -> np.ndarray:
         return sess.run(["logits"], {ONNX_INPUT_RGB: x})[0]
 
-    return Grader(spec, run, "onnx", "cpu", prepare=_rgb_nchw_float, precision="int8")
+    return Grader(spec, run, "onnx", "cpu", prepare=_rgb_nchw_float,
+                  prepare_windows=_windows_prepare(spec), precision="int8", dense=dense)
 
 
 def _torch_grader(
-    base: Path, spec: ModelSpec, device: str, threads: int | None, precision: str = "fp32"
+    base: Path, spec: ModelSpec, device: str, threads: int | None, precision: str = "fp32",
+    dense: bool = False,
 ) -> Grader:
-    """PyTorch: uint8 goes to the device as it is and is normalised there; on CUDA the
-    network runs channels-last (cuDNN's fast layout), under fp16 autocast if asked."""
+    """PyTorch: uint8 regions go to the device as they are and are normalised (and cut into
+    windows) there; on CUDA the network runs channels-last (cuDNN's fast layout), under
+    fp16 autocast if asked."""
     import torch
 
     from convfocus.checkpoint import load_model
@@ -245,21 +357,35 @@ def _torch_grader(
     std = torch.tensor(spec.std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
     scale, shift = 1.0 / (255.0 * std), mean / std
 
-    @torch.inference_mode()
-    def run(x: np.ndarray) -> np.ndarray:
+    win, stride = spec.window_px, spec.stride_px
+
+    def on_device(x: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(x)).to(dev, non_blocking=cuda)
         t = t.permute(0, 3, 1, 2)  # NHWC storage: channels-last already
+        return t.float() * scale - shift
+
+    def forward(t: torch.Tensor, whole: bool) -> np.ndarray:
         if not cuda:
             t = t.contiguous()
-        t = t.float() * scale - shift
-        if not cuda:
-            return net.forward_dense(t, spec.window_px, spec.stride_px).numpy()
+            z = net.forward_dense(t, win, stride) if whole else net(t)[:, :, None, None]
+            return z.numpy()
+        t = t.contiguous(memory_format=torch.channels_last)
         with torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False), \
                 torch.autocast("cuda", dtype=torch.float16, enabled=precision == "fp16"):
-            z = net.forward_dense(t, spec.window_px, spec.stride_px)
+            z = net.forward_dense(t, win, stride) if whole else net(t)[:, :, None, None]
         return z.float().cpu().numpy()
 
-    return Grader(spec, run, "torch", device, prepare=_identity, precision=precision)
+    @torch.inference_mode()
+    def run(x: np.ndarray) -> np.ndarray:
+        return forward(on_device(x), True)
+
+    @torch.inference_mode()
+    def run_windows(x: np.ndarray) -> np.ndarray:
+        t = on_device(x).unfold(2, win, stride).unfold(3, win, stride)  # (N, 3, R, C, w, w)
+        return forward(t.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3, win, win), False)
+
+    return Grader(spec, run, "torch", device, prepare=_identity, prepare_windows=_identity,
+                  run_windows=run_windows, precision=precision, dense=dense)
 
 
 def _identity(x: np.ndarray) -> np.ndarray:

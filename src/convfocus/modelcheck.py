@@ -88,6 +88,19 @@ def magnification(grader: Any, rgb: np.ndarray, factors=(0.5, 1.0, 2.0)) -> dict
     return out
 
 
+def synthetic_validation(grader: Any, pool: Path, *, per_class: int = 40, seed: int = 1234) -> dict:
+    """Accuracy on a fixed synthetic set from the pool's validation sources (default
+    synthesis settings), so that different models are compared on the same examples."""
+    from convfocus.defocus import SynthesisConfig
+    from convfocus.pool import load_pool
+    from convfocus.train import classification_metrics, validation_set
+
+    val_x, _ = load_pool(pool, "val")
+    xs, ys = validation_set(val_x, SynthesisConfig(), per_class=per_class, seed=seed)
+    pred = grader.predict_windows(xs).argmax(1)
+    return classification_metrics(ys, pred)
+
+
 def run_checks(grader: Any, shared_data: Path | None = None) -> dict[str, Any]:
     """Every check, on scikit-image's IHC image (held out) and ../shared/data where present."""
     from skimage import data

@@ -160,6 +160,8 @@ def build_pool(
     stride_px: int = 150,
     min_tissue: float = 0.6,
     max_per_source: int = 400,
+    native_stride_px: int | None = None,
+    max_per_upsampled_source: int | None = None,
     include_skimage_ihc: bool = True,
     seed: int = 0,
 ) -> list[PoolEntry]:
@@ -167,6 +169,10 @@ def build_pool(
 
     ``densest_k`` keeps only the K patches with the lowest mean luma per source
     (the paper's pick for raters). Sources coarser than ``max_mpp`` are left out.
+    ``native_stride_px`` cuts sources already at about 0.25 µm/px on a denser grid
+    and ``max_per_upsampled_source`` caps sources that had to be upsampled, so that
+    native 40x tissue, the sharpest reference for class 0, is not outnumbered by
+    20x tissue, whose upsampling itself blurs by a few classes.
     """
     from convfocus.slide import open_slide, write_png
 
@@ -211,11 +217,16 @@ def build_pool(
     for name, rgb, mpp, how in items:
         scaled = resample_to(rgb, mpp)
         f = mpp / MODEL_MPP
-        cands = cut_patches(scaled, stride_px=stride_px, min_tissue=min_tissue)
+        native = f < 1.1
+        stride = native_stride_px if (native and native_stride_px) else stride_px
+        cap = max_per_source
+        if not native and max_per_upsampled_source is not None:
+            cap = min(cap, max_per_upsampled_source)
+        cands = cut_patches(scaled, stride_px=stride, min_tissue=min_tissue)
         if densest_k is not None:
             cands = sorted(cands, key=lambda c: c[3])[:densest_k]
-        elif len(cands) > max_per_source:
-            idx = rng.choice(len(cands), max_per_source, replace=False)
+        elif len(cands) > cap:
+            idx = rng.choice(len(cands), cap, replace=False)
             cands = [cands[i] for i in sorted(idx)]
         split = "val" if name in val else "train"
         stem = Path(name).stem

@@ -121,12 +121,12 @@ def build_summary(
 
     mean_expected = None
     if probs is not None:
-        p = np.asarray(probs, dtype=np.float64)
+        p = np.asarray(probs)  # float64 for the tissue cells only: memory stays bounded
         if p.shape[:2] != cm.shape or p.shape[-1] != spec.num_classes:
             raise ValueError(f"probs shape {p.shape} does not match class map {cm.shape}")
         if n:
-            pt = p[tissue]
-            pt = pt / np.maximum(pt.sum(axis=1, keepdims=True), 1e-12)
+            pt = p[tissue].astype(np.float64)
+            pt /= np.maximum(pt.sum(axis=1, keepdims=True), 1e-12)
             mean_expected = float((pt @ np.arange(spec.num_classes)).mean())
 
     if slide_mpp is not None and n:

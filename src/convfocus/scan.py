@@ -10,7 +10,6 @@ bounded queue).
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
@@ -52,12 +51,13 @@ class ScanOptions:
     window_px: int | None = None
     stride_px: int | None = None
     min_tissue: float = 0.25
-    block: int = 16
+    block: int = 8  # regions of <= 8 x 8 cells: strips of 4 x <= 16 (docs/performance.md)
     thumbnail_px: int = 2048
     prefetch: int = 3
     read_threads: int = 2
     precision: str = "fp32"
     decode_threads: int | None = None  # tile-decoding threads of the reader (None: its default)
+    dense: bool = False  # one conv pass per region: faster, not exact (infer.py)
 
 
 @dataclass
@@ -78,13 +78,14 @@ def _blocks(cells: np.ndarray, rows: int, cols: int, block: int) -> list[tuple[i
     """Regions (row0, col0, nrows, ncols) that cover every graded cell, in raster order.
 
     Strips of ``block // 2`` cell rows, cut into runs of graded columns at most
-    ``2 * block`` wide, each shrunk to the bounding box of its graded cells: at most
-    ``block²`` cells per region, as a square block, but far fewer cells of glass along
-    irregular tissue edges (docs/performance.md has the measurements).
+    ``block² / (block // 2)`` (about ``2 * block``) wide, each shrunk to the bounding box of
+    its graded cells: at most ``block²`` cells per region, as a square block, but far fewer
+    cells of glass along irregular tissue edges (docs/performance.md has the measurements).
     """
     graded = np.zeros((rows, cols), bool)
     graded[cells[:, 0], cells[:, 1]] = True
-    height, width = max(1, block // 2), max(1, 2 * block)
+    height = max(1, block // 2)
+    width = max(1, block * block // height)
     out = []
     for r0 in range(0, rows, height):
         band = graded[r0 : r0 + height]
@@ -173,14 +174,22 @@ def grade_slide(
     blocks = _blocks(grid.cells, rows, cols, opts.block)
     ox, oy = grid.l0_origin_px
 
-    def load(b: tuple[int, int, int, int]) -> np.ndarray:
+    # the reading threads also convert each region to the runtime's input (uint8 -> float,
+    # windows cut out), off the thread that runs the model
+    prepared = (win, stride) == (spec.window_px, spec.stride_px) and hasattr(grader, "prepare")
+
+    def load(b: tuple[int, int, int, int]) -> Any:
         r0, c0, nr, nc = b
-        return read_model_region(reader, ox + c0 * l0_stride, oy + r0 * l0_stride,
-                                 nc * stride + (win - stride), nr * stride + (win - stride), scale)
+        region = read_model_region(reader, ox + c0 * l0_stride, oy + r0 * l0_stride,
+                                   nc * stride + (win - stride), nr * stride + (win - stride),
+                                   scale)
+        if not prepared:
+            return region
+        return grader.prepare(region, select=graded[r0 : r0 + nr, c0 : c0 + nc])
 
     done = 0
     with ThreadPoolExecutor(max_workers=max(1, opts.read_threads)) as pool:
-        pending: list[tuple[tuple[int, int, int, int], Future[np.ndarray]]] = []
+        pending: list[tuple[tuple[int, int, int, int], Future[Any]]] = []
         it: Iterator[tuple[int, int, int, int]] = iter(blocks)
         for b in it:
             pending.append((b, pool.submit(load, b)))
@@ -205,7 +214,7 @@ def grade_slide(
                     "blocks": len(blocks), "thumbnail": thumb, "th_downsample": th_ds})
 
 
-def _grade_region(grader: Any, region: np.ndarray, win: int, stride: int, nr: int, nc: int):
+def _grade_region(grader: Any, region: Any, win: int, stride: int, nr: int, nc: int):
     """(rows, cols, 30) probabilities of a region; the fully convolutional path needs the
     model's own window and stride, other settings fall back to per-window inference."""
     spec = grader.spec
@@ -224,17 +233,36 @@ def _grade_region(grader: Any, region: np.ndarray, win: int, stride: int, nr: in
 
 def tiles_rows(g: Grading, *, blur_mpp: float) -> Iterator[list[Any]]:
     """Rows of tiles.csv: one per graded window, row-major."""
+    for head, p in _tile_values(g, blur_mpp):
+        yield [*head, *(_P_FORMAT % p).split(",")]
+
+
+#: The 30 probabilities of a tiles.csv row, as ``f"{v:.4f}"`` gives each.
+_P_FORMAT = ",".join(["%.4f"] * NUM_CLASSES)
+
+
+def _tile_values(
+    g: Grading, blur_mpp: float, chunk: int = 8192
+) -> Iterator[tuple[tuple[Any, ...], tuple[float, ...]]]:
+    """(x, y, row, col, class, expected class, confidence, blur) and the normalised
+    probabilities of each graded window; numpy over chunks of windows, Python per row
+    only where tiles.csv needs Python's own rounding."""
     idx = np.arange(NUM_CLASSES, dtype=np.float64)
+    blur = [round(class_blur_radius_px(k) * blur_mpp, 3) for k in range(NUM_CLASSES)]
     ox, oy = g.grid.l0_origin_px
-    for r, c in g.grid.cells:
-        p = g.probs[r, c].astype(np.float64)
-        p = p / max(p.sum(), 1e-12)
-        k = int(g.classmap[r, c])
-        yield [
-            round(ox + c * g.l0_stride_px), round(oy + r * g.l0_stride_px), int(r),
-            int(c), k, round(float(p @ idx), 3), round(float(p.max()), 4),
-            round(class_blur_radius_px(k) * blur_mpp, 3), *(f"{v:.4f}" for v in p),
-        ]
+    s = g.l0_stride_px
+    cells = g.grid.cells
+    for i in range(0, len(cells), chunk):
+        rc = cells[i : i + chunk]
+        p = g.probs[rc[:, 0], rc[:, 1]].astype(np.float64)
+        p /= np.maximum(p.sum(axis=1, keepdims=True), 1e-12)
+        expected = (p @ idx).tolist()
+        conf = p.max(axis=1).tolist()
+        ks = g.classmap[rc[:, 0], rc[:, 1]].tolist()
+        for (r, c), k, e, m, row in zip(rc.tolist(), ks, expected, conf, p.tolist(),
+                                        strict=True):
+            yield ((round(ox + c * s), round(oy + r * s), r, c, k, round(e, 3), round(m, 4),
+                    blur[k]), tuple(row))
 
 
 TILES_HEADER = ["x_px", "y_px", "row", "col", "oof_class", "expected_class", "confidence",
@@ -242,10 +270,11 @@ TILES_HEADER = ["x_px", "y_px", "row", "col", "oof_class", "expected_class", "co
 
 
 def _write_tiles(path: Path, g: Grading, blur_mpp: float) -> None:
+    # the lines csv.writer would write (no field needs quoting), at a fraction of the cost
     with open(path, "w", newline="") as fh:
-        wr = csv.writer(fh, lineterminator="\n")
-        wr.writerow(TILES_HEADER)
-        wr.writerows(tiles_rows(g, blur_mpp=blur_mpp))
+        fh.write(",".join(TILES_HEADER) + "\n")
+        fh.writelines(f"{x},{y},{r},{c},{k},{e!r},{m!r},{b!r},{_P_FORMAT % p}\n"
+                      for (x, y, r, c, k, e, m, b), p in _tile_values(g, blur_mpp))
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
@@ -303,7 +332,7 @@ def scan_path(
     t0 = time.perf_counter()
     if grader is None:
         grader = load_grader(opts.model, device=opts.device, backend=opts.backend,
-                             threads=opts.threads, precision=opts.precision)
+                             threads=opts.threads, precision=opts.precision, dense=opts.dense)
     reader = open_slide(slide, mpp=opts.mpp, threads=opts.decode_threads)
     try:
         g = grade_slide(reader, grader, opts, progress=progress)

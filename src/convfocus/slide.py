@@ -250,7 +250,10 @@ class _BaseReader:
         if (lw, lh) == (tw, th):
             return self._read_level_padded(level, 0, 0, lw, lh)
         out = np.empty((th, tw, 3), dtype=np.uint8)
-        band = max(1, (4096 * th) // lh)  # thumbnail rows per band: about 4096 level rows
+        # thumbnail rows per band: about 4096 level rows, fewer where the level is so wide
+        # (a slide without a pyramid) that they would take more than 256 MB
+        level_rows = max(1, min(4096, (256 << 20) // (3 * lw)))
+        band = max(1, (level_rows * th) // lh)
         for t0 in range(0, th, band):
             t1 = min(th, t0 + band)
             y0 = (t0 * lh) // th
@@ -294,10 +297,12 @@ def _downsamples(dims: Sequence[tuple[int, int]]) -> tuple[float, ...]:
 
 _ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"  # APP14, transform 0 (RGB)
 _SOI = b"\xff\xd8"
-#: Decoded tiles kept for reuse. Neighbouring scan regions overlap by a few pixels
-#: (window - stride), and without it the tiles along every region edge are decoded twice;
-#: a scan in raster order needs one row of tiles across the tissue (about 75 MB at 100k px).
-_TILE_CACHE_BYTES = 128 << 20
+#: Decoded tiles kept for reuse: neighbouring scan regions overlap by a few pixels
+#: (window - stride), and without it the tiles along every region edge are decoded again
+#: (1.6 times the tiles for strips of 4 x 16 windows). A scan in raster order needs about
+#: three rows of tiles across the slide: the budget is four rows of level 0 within these
+#: bounds (128 MB up to 41k px wide, 512 MB from 164k px).
+_TILE_CACHE_BYTES = (128 << 20, 512 << 20)
 
 
 @dataclass
@@ -342,6 +347,9 @@ class _TiffJpegReader(_BaseReader):
             self._fh.close()
             raise
         dims = tuple((lv.width, lv.height) for lv in self._levels)
+        lo, hi = _TILE_CACHE_BYTES
+        lv0 = self._levels[0]
+        self._cache_limit = min(hi, max(lo, 4 * lv0.tiles_across * lv0.tile_w * lv0.tile_h * 3))
         self.level_dimensions = dims
         self.dimensions = dims[0]
         self.level_downsamples = _downsamples(dims)
@@ -440,7 +448,7 @@ class _TiffJpegReader(_BaseReader):
             if key not in self._cache:
                 self._cache[key] = tile
                 self._cache_bytes += tile.nbytes
-                while self._cache_bytes > _TILE_CACHE_BYTES and self._cache:
+                while self._cache_bytes > self._cache_limit and self._cache:
                     self._cache_bytes -= self._cache.popitem(last=False)[1].nbytes
         return tile
 

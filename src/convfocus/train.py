@@ -83,6 +83,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "config5": {"arch": "large", "synthesis": SynthesisConfig("bokeh")},
     "config4-linear": {"arch": "paper", "synthesis": SynthesisConfig("bokeh", spacing="linear")},
     "config4-lite": {"arch": "lite", "synthesis": SynthesisConfig("bokeh")},
+    # ConvFocus plus partial defocus (folds, thick sections); see docs/model-card.md
+    "config4-partial": {"arch": "paper", "synthesis": SynthesisConfig("bokeh", partial_prob=0.3)},
 }
 
 
@@ -272,6 +274,7 @@ def train(
     name: str | None = None,
     device: str = "cpu",
     max_minutes: float | None = None,
+    init: str | Path | None = None,
 ) -> Path:
     """Train (or resume) into ``out``; return the base path of the exported model.
 
@@ -303,11 +306,23 @@ def train(
     net = build_model(cfg.arch).to(dev)
     opt = _optimizer(cfg, net.parameters())
     step, best = 0, None
+    init_from = None if state is None else state.get("init_from")
     if state is not None:
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optim"])
         step, best = state["step"], state.get("best")
         log.info("resumed from step %d", step)
+    elif init is not None:
+        from convfocus.checkpoint import load_model
+
+        src, src_spec = load_model(init)
+        if src_spec.arch != cfg.arch:
+            raise ConfigError(f"--init model is {src_spec.arch!r}, not {cfg.arch!r}", init)
+        net.load_state_dict(src.state_dict())
+        init_from = {"name": src_spec.name, "version": src_spec.version,
+                     "examples": src_spec.training.get("examples"),
+                     "config": src_spec.training.get("config")}
+        log.info("starting from the weights of %s", src_spec.name)
     vx, vy = validation_set(val_x, cfg.synthesis)
     loader = torch.utils.data.DataLoader(
         SyntheticStream(train_x, cfg, step), batch_size=None, num_workers=cfg.workers,
@@ -319,7 +334,8 @@ def train(
 
     def save_ckpt() -> None:
         _atomic_torch_save({"model": net.state_dict(), "optim": opt.state_dict(), "step": step,
-                            "best": best, "config": _config_dict(cfg)}, ckpt)
+                            "best": best, "config": _config_dict(cfg),
+                            "init_from": init_from}, ckpt)
 
     def evaluate_now() -> dict[str, Any]:
         probs = predict(net, vx)
@@ -372,7 +388,7 @@ def train(
             "train_patches": len(train_x), "val_patches": len(val_x),
             "train_sources": sorted({r["source"] for r in train_rows}),
             "val_sources": sorted({r["source"] for r in val_rows}),
-            "device": str(dev),
+            "device": str(dev), "init_from": init_from,
         },
         metrics={"validation": final},
     )
