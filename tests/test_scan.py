@@ -169,13 +169,27 @@ def test_windows_on_glass_are_not_graded(pyramid_out: Path, tissue_rgb: np.ndarr
     assert len(in_tissue_graded) > 0 and np.mean(in_tissue_graded) > 0.9
 
 
-def test_heatmap_png_is_rgba_with_transparent_non_tissue(scanned: Path):
+def test_heatmap_png_has_a_legend_and_transparent_non_tissue(scanned: Path):
+    import cv2
+
+    cm = np.load(scanned / "classmap.npy")
+    bgra = cv2.imread(str(scanned / "heatmap.png"), cv2.IMREAD_UNCHANGED)
+    assert bgra is not None and bgra.ndim == 3 and bgra.shape[2] == 4
+    assert (cm < 0).any()
+    assert (bgra[..., 3] == 0).any()  # no tissue (and margins) transparent
+    # the legend: a colour bar with the jet ends, class 0 dark blue and class 29 dark red
+    opaque = bgra[bgra[..., 3] == 255][:, :3].astype(int)
+    assert ((opaque[:, 0] > 100) & (opaque[:, 2] < 60)).any()  # blue
+    assert ((opaque[:, 2] > 100) & (opaque[:, 0] < 60)).any()  # red
+
+
+def test_classmap_png_is_rgba_with_transparent_non_tissue(scanned: Path):
     import cv2
 
     from convfocus.heatmap import class_colors
 
     cm = np.load(scanned / "classmap.npy")
-    bgra = cv2.imread(str(scanned / "heatmap.png"), cv2.IMREAD_UNCHANGED)
+    bgra = cv2.imread(str(scanned / "classmap.png"), cv2.IMREAD_UNCHANGED)
     assert bgra is not None and bgra.ndim == 3 and bgra.shape[2] == 4
     cell = bgra.shape[0] // cm.shape[0]
     assert cell >= 1 and bgra.shape[:2] == (cm.shape[0] * cell, cm.shape[1] * cell)

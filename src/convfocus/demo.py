@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -120,4 +121,5 @@ def run_demo(out: Path, *, grader: object | None = None, profile: str = "histolo
 
 def truth_from_file(path: Path) -> DemoTruth:
     d = json.loads(path.read_text())
-    return DemoTruth(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    kw: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    return DemoTruth(**kw)

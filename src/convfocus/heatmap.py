@@ -361,7 +361,8 @@ def render_figure(
     title
         Optional title above the image.
     background
-        Colour behind transparent pixels (no tissue), black as in the paper's figures.
+        Colour behind transparent pixels (no tissue), black as in the paper's figures;
+        ``"none"`` keeps them transparent (and the figure's margins too).
     show_no_tissue_key
         Add a small "no tissue" swatch under the colorbar.
     min_side_px, max_side_px
@@ -381,6 +382,8 @@ def render_figure(
     fig_w = pad + disp_w + legend_w
     fig_h = top + max(disp_h, bar_h) + pad + (24 if show_no_tissue_key else 0)
     fig = _new_figure(fig_w, fig_h, dpi)
+    if background == "none":  # transparent: no tissue shows whatever lies underneath
+        fig.set_facecolor((1.0, 1.0, 1.0, 0.0))
 
     def box(x: float, y_top: float, bw: float, bh: float) -> list[float]:
         return [x / fig_w, 1.0 - (y_top + bh) / fig_h, bw / fig_w, bh / fig_h]

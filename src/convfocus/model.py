@@ -138,8 +138,9 @@ def multiply_adds(model: ConvFocusNet, window: int = 139) -> int:
     for layer in model.features:
         if isinstance(layer, ConvBN):
             conv = layer.conv
-            k = conv.kernel_size[0]
-            size = (size + 2 * conv.padding[0] - k) // conv.stride[0] + 1
+            k = int(conv.kernel_size[0])
+            pad = conv.padding[0] if isinstance(conv.padding, tuple) else 0
+            size = (size + 2 * int(pad) - k) // int(conv.stride[0]) + 1
             total += size * size * conv.in_channels * conv.out_channels * k * k
         elif isinstance(layer, nn.MaxPool2d):
             size = (size - 3) // 2 + 1

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,7 @@ def blur_response(grader: Any, rgb: np.ndarray, steps: tuple[int, ...] = BLUR_ST
     for c in steps:
         blurred = apply_blur(rgb, "bokeh", centre_radius(c))
         means.append(mean_class(grader, tissue_windows(blurred)))
-    mono = all(b > a for a, b in zip(means, means[1:]))
+    mono = all(b > a for a, b in pairwise(means))
     return {"classes": list(steps), "mean_pred": [round(m, 2) for m in means],
             "monotonic": mono}
 

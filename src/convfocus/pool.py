@@ -126,7 +126,7 @@ def cut_patches(
     mask = tissue_mask(rgb)
     y_img = luma(rgb)
     h, w = rgb.shape[:2]
-    out = []
+    out: list[tuple[int, int, float, float]] = []
     if h < patch_px or w < patch_px:
         return out
     ys = list(range(0, h - patch_px + 1, stride_px))

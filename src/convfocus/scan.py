@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 #: Files a complete output folder holds; ``summary.json`` is written last.
 OUTPUT_FILES = (
-    "tiles.csv", "classmap.npy", "probs.npy", "thumbnail.png", "heatmap.png", "overlay.png",
+    "tiles.csv", "classmap.npy", "probs.npy", "thumbnail.png", "classmap.png", "heatmap.png",
+    "overlay.png",
     "oof_regions.geojson", "report.html", "summary.json",
 )
 
@@ -390,10 +391,13 @@ def write_outputs(
     thumb = g.extra["thumbnail"]
     write_png(folder / "thumbnail.png", thumb)
     geom = heatmap.GridGeometry.coerce({**grid_d, "th_downsample": g.extra["th_downsample"]})
-    # heatmap.png: the class map itself, one square of cell_px per cell, RGBA with transparent
-    # non-tissue (it lies over the grid exactly); the report shows it drawn with a legend
+    # classmap.png: the class map itself, one square of cell_px per cell, RGBA with
+    # transparent non-tissue (it lies over the grid exactly, for viewers);
+    # heatmap.png: the same in jet colours with a legend, non-tissue transparent
     cell_px = max(1, HEATMAP_SIDE_PX // max(g.classmap.shape))
-    write_png(folder / "heatmap.png", heatmap.heatmap_rgba(g.classmap, cell_px=cell_px))
+    write_png(folder / "classmap.png", heatmap.heatmap_rgba(g.classmap, cell_px=cell_px))
+    heat_png = heatmap.heatmap_png(g.classmap, background="none")
+    write_bytes(folder / "heatmap.png", heat_png)
     write_bytes(folder / "overlay.png", heatmap.overlay_png(thumb, g.classmap, geom))
     geo = regions.oof_regions(g.classmap, geom, mpp=g.extra["slide_mpp"],
                               l0_dimensions=reader.dimensions)
@@ -408,7 +412,7 @@ def write_outputs(
     )
     html = report.render_report_html(
         summary, overlay_png=(folder / "overlay.png").read_bytes(),
-        heatmap_png=heatmap.heatmap_png(g.classmap),
+        heatmap_png=heat_png,
         histogram_png=heatmap.histogram_png(g.classmap), geojson=geo,
     )
     report.write_text_atomic(folder / "report.html", html)

@@ -214,7 +214,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, 
         "within3": float((d <= 3).mean()),
         "spearman": float(rho),
         "mean_pred_per_class": [round(v, 2) for v in per_class],
-        "n": int(len(y_true)),
+        "n": len(y_true),
     }
 
 
@@ -328,7 +328,6 @@ def train(
         SyntheticStream(train_x, cfg, step), batch_size=None, num_workers=cfg.workers,
         persistent_workers=cfg.workers > 0, prefetch_factor=4 if cfg.workers > 0 else None,
     )
-    logf = open(out / "log.jsonl", "a")
     t0, seen0 = time.time(), step
     last_loss: list[float] = []
 
@@ -369,8 +368,8 @@ def train(
                        "loss": float(np.mean(last_loss)), "lr": _lr_at(cfg, step),
                        "examples_per_s": round(rate, 1), "val": m, "time": time.time()}
                 last_loss = []
-                logf.write(json.dumps(rec) + "\n")
-                logf.flush()
+                with open(out / "log.jsonl", "a") as logf:
+                    logf.write(json.dumps(rec) + "\n")
                 log.info("step %d loss %.3f exact %.3f ±1 %.3f ±3 %.3f rho %.3f (%.0f ex/s)",
                          step, rec["loss"], m["exact"], m["within1"], m["within3"],
                          m["spearman"], rate)
@@ -378,7 +377,6 @@ def train(
                     best = {**m, "step": step}
     finally:
         save_ckpt()
-        logf.close()
     final = evaluate_now()
     spec = ModelSpec(
         name=name or f"convfocus-{cfg.preset}", version=__version__, arch=cfg.arch,
@@ -399,9 +397,10 @@ def train(
 
 
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:
-    """Inverse of ``asdict`` for :class:`TrainConfig` (used by the model card tooling)."""
+    """Inverse of ``asdict`` for :class:`TrainConfig` (used when a run resumes)."""
     d = dict(d)
-    d["synthesis"] = SynthesisConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                        for k, v in d["synthesis"].items()})
+    synth: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                             for k, v in d["synthesis"].items()}
+    d["synthesis"] = SynthesisConfig(**synth)
     d["augment"] = Augment(**d["augment"])
     return replace(TrainConfig(), **d)
