@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, NoReturn
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -35,37 +35,31 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _unit_fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be within 0..1: {text!r}")
-    return value
+def _bounded(
+    cast: type, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+    hi_open: bool = False, what: str = "a number", hint: str = "",
+) -> Callable[[str], Any]:
+    """An argparse ``type`` that parses with ``cast`` and checks the value's range."""
+    lo_s, hi_s = ("(" if lo_open else "["), (")" if hi_open else "]")
+
+    def parse(text: str) -> Any:
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        bad_lo = lo is not None and (value <= lo if lo_open else value < lo)
+        bad_hi = hi is not None and (value >= hi if hi_open else value > hi)
+        if bad_lo or bad_hi:
+            rng = f"{lo_s}{'' if lo is None else lo}, {'' if hi is None else hi}{hi_s}"
+            raise argparse.ArgumentTypeError(f"must be in {rng}{hint}: {text!r}")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
-    return value
-
-
-# --- scan / demo -------------------------------------------------------------------------------
+_unit_fraction = _bounded(float, lo=0.0, hi=1.0)
+_positive_float = _bounded(float, lo=0.0, lo_open=True)
+_positive_int = _bounded(int, lo=0, lo_open=True, what="an integer")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -551,24 +545,8 @@ _ADDERS.append(_add_evaluate)
 # --- web: sample, rate, view -------------------------------------------------------------------
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be in 0..65535 (0: any free port): {text!r}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1): {text!r}")
-    return value
+_port = _bounded(int, lo=0, hi=65535, what="a port number", hint=" (0: any free port)")
+_fraction = _bounded(float, lo=0.0, hi=1.0, hi_open=True)
 
 
 def _add_serve_args(p: argparse.ArgumentParser, port: int) -> None:
