@@ -29,21 +29,12 @@ from convfocus.errors import ConfigError, ModelError
 from convfocus.infer import PreparedRegion, load_grader
 from convfocus.model import build_model
 from convfocus.types import ModelSpec, class_blur_radius_px
+from test_model import randomise_bn
 
 WIN, STRIDE = 139, 128
 CELLS = 9  # a region of 9 x 9 windows: 1163 px
 
 
-def _randomise_bn(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
-            m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.25)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(n, generator=g) * 0.2)
-    return net.eval()
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +42,7 @@ def random_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The paper network (16/16/16) with random weights and BatchNorm statistics."""
     torch.manual_seed(5)
     base = tmp_path_factory.mktemp("random-model") / "paper-random"
-    save_model(base, _randomise_bn(build_model("paper")),
+    save_model(base, randomise_bn(build_model("paper")),
                ModelSpec(name="paper-random", version="0", arch="paper"))
     return base
 
