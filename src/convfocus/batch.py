@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from convfocus.errors import ConfigError, ConvFocusError, OutputError
-from convfocus.scan import ScanOptions, is_complete, output_dir, scan_path
+from convfocus.scan import ScanOptions, ensure_output_root, is_complete, output_dir, scan_path
 
 log = logging.getLogger(__name__)
 
@@ -210,12 +210,7 @@ def run_batch(
 ) -> list[SlideResult]:
     """Scan every job; return one result per job in input order, then write the index."""
     out_root = Path(out_root)
-    try:
-        out_root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create output folder: {exc.strerror}", out_root) from None
-    if not os.access(out_root, os.W_OK):
-        raise OutputError("output folder is not writable", out_root)
+    ensure_output_root(out_root)
     _clean_partials(out_root)
     results: dict[int, SlideResult] = {}
     todo: list[tuple[int, SlideJob]] = []

@@ -288,6 +288,16 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         os.replace(tmp, final)
 
 
+def ensure_output_root(out_root: Path) -> None:
+    """Create the output folder (and parents); raise OutputError when it cannot be written."""
+    try:
+        out_root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output folder: {exc.strerror}", out_root) from None
+    if not os.access(out_root, os.W_OK):
+        raise OutputError("output folder is not writable", out_root)
+
+
 def output_dir(slide: Path, out_root: Path) -> Path:
     """``OUT/<input file stem>`` (a DICOM folder keeps its folder name)."""
     return out_root / (slide.name if slide.is_dir() else slide.stem)
@@ -324,12 +334,7 @@ def scan_path(
     slide = Path(slide)
     out_root = Path(out_root)
     final = output_dir(slide, out_root)
-    try:
-        out_root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create output folder: {exc.strerror}", out_root) from None
-    if not os.access(out_root, os.W_OK):
-        raise OutputError("output folder is not writable", out_root)
+    ensure_output_root(out_root)
     t0 = time.perf_counter()
     if grader is None:
         grader = load_grader(opts.model, device=opts.device, backend=opts.backend,
