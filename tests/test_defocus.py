@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -232,6 +233,99 @@ def test_synthesize_is_reproducible(tissue: np.ndarray) -> None:
     a, b = synthesize(tissue, p, config=cfg), synthesize(tissue, p, config=cfg)
     assert a.dtype == np.uint8 and a.shape == tissue.shape
     assert np.array_equal(a, b)
+
+
+def test_fold_layer_is_sharper_but_at_most_the_gap_nearer_focus() -> None:
+    rng = np.random.default_rng(3)
+    plain = [sample_synthesis(c, rng) for c in range(30)]
+    assert all(p.fold_weight == 0 for p in plain)
+    cfg = SynthesisConfig(fold_prob=1.0)
+    gap_px = cfg.fold_gap_um / 0.25
+    sharp_layers = 0
+    for c in range(30):
+        for _ in range(20):
+            p = sample_synthesis(c, rng, cfg)
+            assert cfg.fold_weight[0] <= p.fold_weight <= cfg.fold_weight[1]
+            assert p.blur - gap_px - 1e-9 <= p.fold_blur <= p.blur + 1e-9
+            sharp_layers += p.fold_blur == 0
+            if c == 0 or c >= 23:  # class 23 starts beyond the gap (radius 15 px)
+                assert (p.fold_blur == 0) == (c == 0)
+    assert sharp_layers > 20 * 1  # moderately blurred patches do carry sharp layers
+
+
+def test_fold_multiplies_transmittance_of_the_second_layer(tissue: np.ndarray) -> None:
+    """Optical densities add: T = T_patch * T_overlay ** w (darker, never brighter)."""
+    base = SynthesisParams(cls=12, blur=6.0, noise_s_8bit=0.0, jpeg_quality=0, seed=0)
+    overlay = np.ascontiguousarray(np.rot90(tissue))
+    alone = synthesize(tissue, base, overlay=overlay).astype(np.float64)
+    for w in (0.2, 0.6):
+        fold = replace(base, fold_weight=w, fold_blur=0.0)
+        got = synthesize(tissue, fold, overlay=overlay).astype(np.float64)
+        want = alone * np.power(np.maximum(overlay, 1) / 255.0, w)
+        assert np.abs(got - want).max() <= 1.5
+        assert (got <= alone + 1).all()
+    # without an overlay image the fold parameters are ignored
+    assert np.array_equal(synthesize(tissue, replace(base, fold_weight=0.5)), alone)
+
+
+def test_fold_examples_keep_the_label_of_the_dominant_layer() -> None:
+    from convfocus.train import make_example
+
+    patches = np.stack([np.full((300, 300, 3), v, np.uint8) for v in (200, 120)])
+    cfg = SynthesisConfig(fold_prob=1.0, noise=False, jpeg=False)
+    rng = np.random.default_rng(0)
+    img, c, blur = make_example(patches, rng, cfg, None, cls=9, index=0)
+    assert c == 9 and blur > 0
+    assert img.mean() < 200 - 2  # darkened by whichever overlying layer was drawn
+
+
+def test_density_scales_optical_density_before_the_blur(tissue: np.ndarray) -> None:
+    from convfocus.defocus import scale_density
+
+    assert scale_density(tissue, 1.0) is tissue
+    od = lambda im: -np.log((im.astype(np.float64) + 0.5) / 256.0)
+    for d in (0.5, 2.0, 3.7):
+        got = scale_density(tissue, d)
+        mask = (tissue < 245) & (got > 10)  # away from 8-bit clipping and rounding
+        assert np.allclose(od(got)[mask], d * od(tissue)[mask], rtol=0.05, atol=0.02)
+    flat = np.full((300, 300, 3), 128, np.uint8)
+    plain = SynthesisParams(cls=5, blur=2.0, noise_s_8bit=0.0, jpeg_quality=0, seed=0)
+    dark = replace(plain, density=2.0)
+    assert synthesize(flat, plain).mean() == pytest.approx(128, abs=1)
+    assert synthesize(flat, dark).mean() == pytest.approx(64, abs=1)  # (128/256)^2 * 256
+    # blur after density: equal to blurring the darkened tissue
+    want = synthesize(scale_density(tissue, 2.0), plain)
+    assert np.array_equal(synthesize(tissue, dark), want)
+
+
+def test_density_drawn_only_when_asked_and_log_uniform() -> None:
+    rng = np.random.default_rng(0)
+    assert all(sample_synthesis(c, rng).density == 1.0 for c in range(30))
+    cfg = SynthesisConfig(density_prob=1.0)
+    ds = np.array([sample_synthesis(7, rng, cfg).density for _ in range(2000)])
+    lo, hi = cfg.density_range
+    assert ds.min() >= lo and ds.max() <= hi
+    assert np.median(ds) == pytest.approx(math.sqrt(lo * hi), rel=0.1)
+
+
+def test_veil_lowers_contrast_before_noise_so_noise_keeps_its_strength(tissue: np.ndarray) -> None:
+    plain = SynthesisParams(cls=8, blur=3.0, noise_s_8bit=0.0, jpeg_quality=0, seed=4)
+    veiled = replace(plain, veil=0.3)
+    a = synthesize(tissue, plain).astype(np.float64)
+    b = synthesize(tissue, veiled).astype(np.float64)
+    assert b.mean() == pytest.approx(a.mean(), abs=1.0)
+    spread = lambda im: (im - im.mean(axis=(0, 1))).std()  # about each channel's mean
+    assert spread(b) == pytest.approx(0.3 * spread(a), rel=0.03)
+    # noise is added after the veil: its strength does not shrink with the contrast
+    noisy = replace(veiled, noise_s_8bit=0.5)
+    resid = synthesize(tissue, noisy).astype(np.float64) - b
+    resid_plain = synthesize(tissue, replace(plain, noise_s_8bit=0.5)).astype(np.float64) - a
+    assert resid.std() == pytest.approx(resid_plain.std(), rel=0.15)
+    rng = np.random.default_rng(1)
+    assert all(sample_synthesis(c, rng).veil == 1.0 for c in range(30))
+    cfg = SynthesisConfig(veil_prob=1.0)
+    vs = [sample_synthesis(0, rng, cfg).veil for _ in range(200)]  # class 0 too
+    assert min(vs) >= cfg.veil_range[0] and max(vs) <= cfg.veil_range[1] and len(set(vs)) > 100
 
 
 # --- noise and JPEG ------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from scipy.fft import dct, dctn, idctn
 
-from convfocus import NUM_CLASSES
+from convfocus import MODEL_MPP, NUM_CLASSES
 
 #: Calibrated scale of the Gaussian sigma and bokeh radius per class (paper values).
 GAUSS_SCALE = 0.926
@@ -116,6 +116,29 @@ class SynthesisConfig:
     #: tissue both in and out of the focal plane. 0 = the paper's synthesis.
     partial_prob: float = 0.0
     partial_max: float = 0.4
+    #: Folds (not in the paper): with this probability a second, thinner tissue layer
+    #: (another pool patch) lies over the patch, its optical density scaled by
+    #: U(fold_weight). It lies at most ``fold_gap_um`` of bokeh radius nearer the focus
+    #: (two stacked sections are a few µm apart: 4 µm at NA 0.75 in a medium of index
+    #: 1.5 is about 2.3 µm of radius), so a heavily blurred patch never carries a sharp
+    #: layer. The label stays the blur of the dominant layer. 0 = the paper's synthesis.
+    fold_prob: float = 0.0
+    fold_weight: tuple[float, float] = (0.15, 0.7)
+    fold_gap_um: float = 2.5
+    #: Stain density (not in the paper): with this probability the tissue's optical
+    #: density is multiplied by a factor log-uniform in ``density_range`` before the blur
+    #: (Beer-Lambert: a thicker section, a fold or heavier staining), so dark,
+    #: low-contrast tissue is seen with the scanner's noise and JPEG at full strength.
+    #: The colour augmentation, which comes after JPEG, cannot make such examples.
+    density_prob: float = 0.0
+    density_range: tuple[float, float] = (0.5, 4.0)
+    #: Veil (not in the paper): with this probability the blurred image's contrast about
+    #: its mean is multiplied by a factor log-uniform in ``veil_range`` before noise and
+    #: JPEG, as light from out-of-focus layers does; low-contrast tissue then carries the
+    #: scanner's noise at full strength (the colour augmentation, after JPEG, scales the
+    #: noise down with the contrast).
+    veil_prob: float = 0.0
+    veil_range: tuple[float, float] = (0.2, 1.0)
 
     def with_(self, **kw: object) -> SynthesisConfig:
         return replace(self, **kw)  # type: ignore[arg-type]
@@ -131,6 +154,10 @@ class SynthesisParams:
     jpeg_quality: int  # 0 = no JPEG
     seed: int
     sharp_share: float = 0.0  # partial defocus: share of the sharp image kept
+    fold_weight: float = 0.0  # fold: optical-density weight of the overlying layer (0 = none)
+    fold_blur: float = 0.0  # fold: blur parameter of the overlying layer
+    density: float = 1.0  # factor on the optical density of the tissue (1 = as scanned)
+    veil: float = 1.0  # contrast factor before noise and JPEG (1 = none)
 
 
 def sample_synthesis(
@@ -150,7 +177,35 @@ def sample_synthesis(
     share = 0.0
     if c > 0 and config.partial_prob > 0 and rng.random() < config.partial_prob:
         share = float(rng.uniform(0.0, config.partial_max))
-    return SynthesisParams(c, blur, s, q, seed, share)
+    fold_w = fold_blur = 0.0
+    if config.fold_prob > 0 and rng.random() < config.fold_prob:
+        fold_w = float(rng.uniform(*config.fold_weight))
+        scale = GAUSS_SCALE / BOKEH_SCALE if config.kind == "gaussian" else 1.0
+        gap = config.fold_gap_um / MODEL_MPP * scale
+        fold_blur = max(0.0, blur - float(rng.uniform(0.0, gap)))
+    density = 1.0
+    if config.density_prob > 0 and rng.random() < config.density_prob:
+        lo, hi = config.density_range
+        density = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+    veil = 1.0
+    if config.veil_prob > 0 and rng.random() < config.veil_prob:
+        lo, hi = config.veil_range
+        veil = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+    return SynthesisParams(c, blur, s, q, seed, share, fold_w, fold_blur, density, veil)
+
+
+@lru_cache(maxsize=64)
+def _density_lut(d_q: int) -> np.ndarray:
+    t = (np.arange(256, dtype=np.float64) + 0.5) / 256.0
+    return np.clip(np.rint(np.power(t, d_q / 100.0) * 256.0 - 0.5), 0, 255).astype(np.uint8)
+
+
+def scale_density(rgb: np.ndarray, density: float) -> np.ndarray:
+    """Multiply the optical density of a uint8 RGB image: ``T -> T ** density``."""
+    d_q = round(density * 100)
+    if d_q == 100:
+        return rgb
+    return _density_lut(d_q)[rgb]
 
 
 # --- kernels -----------------------------------------------------------------------------------
@@ -377,13 +432,19 @@ def synthesize(
     *,
     config: SynthesisConfig = SynthesisConfig(),
     crop: tuple[int, int, int] | None = None,
+    overlay: np.ndarray | None = None,
 ) -> np.ndarray:
     """Apply blur -> Poisson noise -> JPEG to an RGB uint8 patch.
 
     ``crop = (x, y, size)`` returns only that square of the result, blurring it
     with the real patch around it as context (mirrored only where the kernel
     reaches past the patch), which is far cheaper than blurring the whole patch.
+    ``overlay`` (same shape as ``patch``) is the second tissue layer of a fold, used
+    when ``params.fold_weight > 0``: transmittances multiply (optical densities add),
+    ``T = T_patch * T_overlay ** fold_weight``, before noise and JPEG.
     """
+    if params.density != 1.0:
+        patch = scale_density(patch, params.density)
     m = kernel_half_width(config.kind, params.blur)
     h, w = patch.shape[:2]
     if crop is None:
@@ -409,6 +470,13 @@ def synthesize(
     if params.sharp_share > 0 and m > 0:
         sharp = patch[y0 : y0 + sh, x0 : x0 + sw].astype(np.float32) * np.float32(1 / 255)
         x = (1.0 - params.sharp_share) * x + params.sharp_share * sharp
+    if params.fold_weight > 0 and overlay is not None:
+        layer = SynthesisParams(0, params.fold_blur, 0.0, 0, params.seed)
+        o = synthesize(overlay, layer, config=config, crop=crop).astype(np.float32)
+        x = x * np.power(np.maximum(o, 1.0) * np.float32(1 / 255), np.float32(params.fold_weight))
+    if params.veil != 1.0:
+        mean = x.mean(axis=(0, 1), keepdims=True)
+        x = (x - mean) * np.float32(params.veil) + mean
     if params.noise_s_8bit > 0:
         rng = np.random.default_rng(params.seed)
         x = add_poisson_noise(x, params.noise_s_8bit / 255.0, rng)

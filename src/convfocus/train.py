@@ -85,6 +85,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "config4-lite": {"arch": "lite", "synthesis": SynthesisConfig("bokeh")},
     # ConvFocus plus partial defocus (folds, thick sections); see docs/model-card.md
     "config4-partial": {"arch": "paper", "synthesis": SynthesisConfig("bokeh", partial_prob=0.3)},
+    # ConvFocus plus folds (a second, thinner tissue layer over the patch)
+    "config4-fold": {"arch": "paper", "synthesis": SynthesisConfig("bokeh", fold_prob=0.4)},
+    # ConvFocus plus stain density (dark, thick or heavily stained tissue)
+    "config4-dense": {"arch": "paper", "synthesis": SynthesisConfig("bokeh", density_prob=0.5)},
+    # ... plus a contrast veil before the scanner's noise and JPEG
+    "config4-veil": {"arch": "paper",
+                     "synthesis": SynthesisConfig("bokeh", density_prob=0.5, veil_prob=0.5)},
 }
 
 
@@ -141,7 +148,10 @@ def make_example(
     params = sample_synthesis(c, rng, synth)
     lim = p.shape[0] - size
     x, y = int(rng.integers(0, lim + 1)), int(rng.integers(0, lim + 1))
-    out = synthesize(p, params, config=synth, crop=(x, y, size))
+    over = None
+    if params.fold_weight > 0:
+        over = np.rot90(patches[int(rng.integers(0, len(patches)))], int(rng.integers(0, 4)))
+    out = synthesize(p, params, config=synth, crop=(x, y, size), overlay=over)
     if aug is not None:
         out = augment(out, rng, aug)
     return out, c, params.blur
