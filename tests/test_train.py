@@ -75,6 +75,29 @@ def test_resume_to_more_steps(tiny_pool: Path, tmp_path: Path) -> None:
     assert load_model(base)[1].training["steps"] == 4
 
 
+@pytest.mark.usefixtures("small_validation")
+def test_fine_tuning_starts_from_the_weights_and_records_the_whole_lineage(
+    tiny_pool: Path, tmp_path: Path
+) -> None:
+    first = train(tiny_pool, tmp_path / "a", tiny_config(2, every=2), name="a")
+    second = train(tiny_pool, tmp_path / "b", tiny_config(2, every=2), name="b",
+                   init=first.with_suffix(".json"))
+    dense = replace(tiny_config(2, every=2),
+                    synthesis=SynthesisConfig(density_prob=0.5), preset="config4-dense")
+    third = train(tiny_pool, tmp_path / "c", dense, name="c", init=second.with_suffix(".json"))
+    t = load_model(third)[1].training
+    assert t["config"]["synthesis"]["density_prob"] == 0.5
+    assert t["init_from"]["name"] == "b"
+    assert t["init_from"]["init_from"]["name"] == "a"
+    assert t["init_from"]["init_from"]["init_from"] is None
+    # the first step starts from the given weights, not from a fresh initialisation
+    w_b = load_model(second)[0].state_dict()
+    w_fresh = train_mod.build_model("lite").state_dict()
+    w_c = load_model(third)[0].state_dict()
+    key = next(k for k in w_c if k.endswith("weight") and w_c[k].ndim == 4)
+    assert (w_c[key] - w_b[key]).abs().mean() < (w_c[key] - w_fresh[key]).abs().mean()
+
+
 def test_augment_keeps_dtype_and_shape() -> None:
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (139, 139, 3), dtype=np.uint8)

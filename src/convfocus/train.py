@@ -331,7 +331,8 @@ def train(
         net.load_state_dict(src.state_dict())
         init_from = {"name": src_spec.name, "version": src_spec.version,
                      "examples": src_spec.training.get("examples"),
-                     "config": src_spec.training.get("config")}
+                     "config": src_spec.training.get("config"),
+                     "init_from": src_spec.training.get("init_from")}  # the whole lineage
         log.info("starting from the weights of %s", src_spec.name)
     vx, vy = validation_set(val_x, cfg.synthesis)
     loader = torch.utils.data.DataLoader(
