@@ -98,6 +98,36 @@ def test_fine_tuning_starts_from_the_weights_and_records_the_whole_lineage(
     assert (w_c[key] - w_b[key]).abs().mean() < (w_c[key] - w_fresh[key]).abs().mean()
 
 
+def test_precise_bn_replaces_lagging_running_statistics() -> None:
+    """After precise_bn, eval mode on the calibration batch equals train mode on it."""
+    import torch
+
+    torch.manual_seed(0)
+    net = train_mod.build_model("lite")
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # stale statistics, as after a short run
+            m.running_mean.fill_(3.0)
+            m.running_var.fill_(0.01)
+    rng = np.random.default_rng(0)
+    xb = torch.from_numpy(rng.integers(0, 256, (32, 139, 139, 3), dtype=np.uint8))
+    x = train_mod.to_input(xb)
+    with torch.no_grad():
+        net.train()
+        want = net(x)
+        net.eval()
+        stale = net(x)
+    assert not torch.allclose(stale, want, atol=1e-2)
+    assert train_mod.precise_bn(net, [], torch.device("cpu")) == 0  # nothing to average: as is
+    with torch.no_grad():
+        assert torch.allclose(net(x), stale)
+    assert train_mod.precise_bn(net, [xb], torch.device("cpu")) == 1
+    assert not net.training  # the mode is given back
+    with torch.no_grad():
+        assert torch.allclose(net(x), want, atol=1e-3, rtol=1e-3)
+    bn = net.features[0].bn
+    assert bn.momentum == pytest.approx(0.003)  # the training momentum is given back
+
+
 def test_augment_keeps_dtype_and_shape() -> None:
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (139, 139, 3), dtype=np.uint8)
