@@ -75,8 +75,9 @@ class TrainConfig:
     jitter: int = 16  # extra pixels around the window for translational jitter between variants
     #: Training batches over which BatchNorm statistics are recomputed exactly before each
     #: validation and the export (0 = keep the running averages). With the paper's decay
-    #: 0.9997 the running averages lag the weights by about 3,000 steps, which leaves a
-    #: short run's exported model far worse than its weights.
+    #: 0.9997 the running averages start from (0, 1) and follow the weights with a time
+    #: constant of about 330 steps, which leaves a short run's exported model far worse
+    #: than its weights.
     precise_bn_batches: int = 16
 
 
