@@ -203,7 +203,7 @@ def _cpu() -> float:
 
 def plan(slide: Path, grader: Any, block: int) -> dict[str, Any]:
     """The scan's grid and blocks for this slide (the same functions the scan calls)."""
-    from convfocus.scan import ScanOptions, _blocks
+    from convfocus.scan import ScanOptions, _blocks, graded_mask
     from convfocus.slide import open_slide
     from convfocus.tiling import make_grid
     from convfocus.tissue import tissue_mask
@@ -217,10 +217,8 @@ def plan(slide: Path, grader: Any, block: int) -> dict[str, Any]:
     grid = make_grid(tissue_mask(thumb), w0 / thumb.shape[1], (w0, h0),
                      window_l0_px=spec.window_px / scale, stride_l0_px=spec.stride_px / scale,
                      min_tissue=opts.min_tissue)
-    graded = np.zeros((grid.rows, grid.cols), bool)
-    graded[grid.cells[:, 0], grid.cells[:, 1]] = True
-    return {"grid": grid, "graded": graded, "blocks": _blocks(grid.cells, grid.rows, grid.cols,
-                                                               block),
+    graded = graded_mask(grid)
+    return {"grid": grid, "graded": graded, "blocks": _blocks(graded, block),
             "scale": scale, "dimensions": (w0, h0)}
 
 

@@ -75,16 +75,23 @@ class Grading:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _blocks(cells: np.ndarray, rows: int, cols: int, block: int) -> list[tuple[int, int, int, int]]:
-    """Regions (row0, col0, nrows, ncols) that cover every graded cell, in raster order.
+def graded_mask(grid: Any) -> np.ndarray:
+    """(rows, cols) bool: the grid's graded cells."""
+    graded = np.zeros((grid.rows, grid.cols), bool)
+    graded[grid.cells[:, 0], grid.cells[:, 1]] = True
+    return graded
+
+
+def _blocks(graded: np.ndarray, block: int) -> list[tuple[int, int, int, int]]:
+    """Regions (row0, col0, nrows, ncols) that cover every graded cell (``graded``:
+    (rows, cols) bool), in raster order.
 
     Strips of ``block // 2`` cell rows, cut into runs of graded columns at most
     ``block² / (block // 2)`` (about ``2 * block``) wide, each shrunk to the bounding box of
     its graded cells: at most ``block²`` cells per region, as a square block, but far fewer
     cells of glass along irregular tissue edges (docs/performance.md has the measurements).
     """
-    graded = np.zeros((rows, cols), bool)
-    graded[cells[:, 0], cells[:, 1]] = True
+    rows = graded.shape[0]
     height = max(1, block // 2)
     width = max(1, block * block // height)
     out = []
@@ -170,9 +177,8 @@ def grade_slide(
     rows, cols = grid.rows, grid.cols
     classmap = np.full((rows, cols), -1, np.int16)
     probs = np.zeros((rows, cols, NUM_CLASSES), np.float16)
-    graded = np.zeros((rows, cols), bool)
-    graded[grid.cells[:, 0], grid.cells[:, 1]] = True
-    blocks = _blocks(grid.cells, rows, cols, opts.block)
+    graded = graded_mask(grid)
+    blocks = _blocks(graded, opts.block)
     ox, oy = grid.l0_origin_px
 
     # the reading threads also convert each region to the runtime's input (uint8 -> float,
