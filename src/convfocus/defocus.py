@@ -160,6 +160,11 @@ class SynthesisParams:
     veil: float = 1.0  # contrast factor before noise and JPEG (1 = none)
 
 
+def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    """A draw log-uniform in [lo, hi] (for scales)."""
+    return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+
+
 def sample_synthesis(
     c: int, rng: np.random.Generator, config: SynthesisConfig = SynthesisConfig()
 ) -> SynthesisParams:
@@ -168,8 +173,7 @@ def sample_synthesis(
     degrade = c > 0 or config.degrade_class0
     s = 0.0
     if config.noise and degrade:
-        lo, hi = config.noise_s_8bit
-        s = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+        s = _log_uniform(rng, *config.noise_s_8bit)
     q = 0
     if config.jpeg and degrade:
         q = int(rng.integers(config.jpeg_quality[0], config.jpeg_quality[1] + 1))
@@ -185,12 +189,10 @@ def sample_synthesis(
         fold_blur = max(0.0, blur - float(rng.uniform(0.0, gap)))
     density = 1.0
     if config.density_prob > 0 and rng.random() < config.density_prob:
-        lo, hi = config.density_range
-        density = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+        density = _log_uniform(rng, *config.density_range)
     veil = 1.0
     if config.veil_prob > 0 and rng.random() < config.veil_prob:
-        lo, hi = config.veil_range
-        veil = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+        veil = _log_uniform(rng, *config.veil_range)
     return SynthesisParams(c, blur, s, q, seed, share, fold_w, fold_blur, density, veil)
 
 
