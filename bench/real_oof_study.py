@@ -36,7 +36,7 @@ from convfocus.defocus import (
     scale_density,
 )
 from convfocus.infer import load_grader
-from convfocus.modelcheck import windows_of
+from convfocus.modelcheck import rescale, windows_of
 from convfocus.pool import MODEL_MPP, estimate_mpp, resample_to
 from convfocus.slide import read_image
 
@@ -56,13 +56,6 @@ def grade(g, rgb: np.ndarray) -> tuple[float, float]:
     """(mean argmax class, mean expected class) over all windows."""
     p = g.predict_windows(windows_of(rgb))
     return float(p.argmax(1).mean()), float((p * np.arange(p.shape[1])).sum(1).mean())
-
-
-def rescale(rgb: np.ndarray, f: float) -> np.ndarray:
-    if f == 1:
-        return rgb
-    return cv2.resize(rgb, None, fx=f, fy=f,
-                      interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_CUBIC)
 
 
 def deblock(rgb: np.ndarray) -> np.ndarray:

@@ -79,14 +79,18 @@ def orientation(grader: Any, rgb: np.ndarray) -> dict:
     return {"mean_pred": [round(m, 2) for m in means], "max_deviation": round(dev, 2)}
 
 
+def rescale(rgb: np.ndarray, f: float) -> np.ndarray:
+    """The image rescaled by ``f`` (x2 = pixels twice as small): area down, cubic up."""
+    if f == 1:
+        return rgb
+    interp = cv2.INTER_AREA if f < 1 else cv2.INTER_CUBIC
+    return cv2.resize(rgb, None, fx=f, fy=f, interpolation=interp)
+
+
 def magnification(grader: Any, rgb: np.ndarray, factors=(0.5, 1.0, 2.0)) -> dict:
     """Mean class of sharp tissue rescaled by each factor (x2 = pixels twice as small)."""
-    out = {}
-    for f in factors:
-        interp = cv2.INTER_AREA if f < 1 else cv2.INTER_CUBIC
-        img = rgb if f == 1 else cv2.resize(rgb, None, fx=f, fy=f, interpolation=interp)
-        out[f"x{f:g}"] = round(mean_class(grader, tissue_windows(img)), 2)
-    return out
+    return {f"x{f:g}": round(mean_class(grader, tissue_windows(rescale(rgb, f))), 2)
+            for f in factors}
 
 
 def synthetic_validation(grader: Any, pool: Path, *, per_class: int = 40, seed: int = 1234) -> dict:
