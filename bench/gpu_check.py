@@ -38,9 +38,9 @@ TARGET_GP_S = 1.0
 def _model(model: str | None, tmp: Path) -> str:
     """The given or shipped model; without either, a random-weight paper network (the rate
     does not depend on the weights)."""
-    from convfocus.checkpoint import resolve_model_path, save_model
     from convfocus.errors import ModelError
-    from convfocus.model import build_model
+    from convfocus.training.checkpoint import resolve_model_path, save_model
+    from convfocus.training.model import build_model
     from convfocus.types import ModelSpec
 
     try:
@@ -63,8 +63,8 @@ def _sync() -> None:
 
 
 def model_only(slide: Path, grader: Any, plan: dict[str, Any], seconds: float) -> dict[str, Any]:
-    from convfocus.scan import read_model_region
-    from convfocus.slide import open_slide
+    from convfocus.grading.scan import read_model_region
+    from convfocus.io.slide import open_slide
 
     spec = grader.spec
     win, stride, scale = spec.window_px, spec.stride_px, plan["scale"]
@@ -110,9 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import scan_throughput as st
 
-    from convfocus.infer import load_grader
-    from convfocus.scan import ScanOptions, grade_slide, scan_path
-    from convfocus.slide import open_slide
+    from convfocus.grading.infer import load_grader
+    from convfocus.grading.scan import ScanOptions, grade_slide, scan_path
+    from convfocus.io.slide import open_slide
 
     width, height = (int(v) for v in args.size.lower().split("x"))
     slide = st.cached_slide(width, height)

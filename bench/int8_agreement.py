@@ -4,7 +4,7 @@ Tissue: scikit-image's IHC image at 0.25 µm/px, sharp and blurred with the boke
 every fifth class; where ``../shared/data`` is present also the CMU-1 Aperio region
 (0.499 µm/px, resampled to 0.25 as the scan does), the in-focus pool images and the two
 TCGA@Focus patches. Each image is graded fully convolutionally with the fp32 graph and
-with the statically quantised int8 graph (:func:`convfocus.checkpoint.quantize_onnx`).
+with the statically quantised int8 graph (:func:`convfocus.training.checkpoint.quantize_onnx`).
 int8 is worth making the default only if it is faster and >= 99 % of windows stay within
 one class of fp32.
 
@@ -36,9 +36,9 @@ def images() -> dict[str, np.ndarray]:
     """Named RGB images at the model's pixel size."""
     from skimage import data
 
-    from convfocus.defocus import apply_blur
     from convfocus.demo import IHC_MPP
-    from convfocus.slide import open_slide, read_image
+    from convfocus.io.slide import open_slide, read_image
+    from convfocus.synthesis.defocus import apply_blur
     from convfocus.types import class_blur_radius_px
 
     f = IHC_MPP / MODEL_MPP
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import sys
 
-    from convfocus.infer import load_grader
+    from convfocus.grading.infer import load_grader
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from scan_throughput import _model_copy  # the int8 graph is cached in bench/.cache

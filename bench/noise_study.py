@@ -24,9 +24,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from convfocus.calibrate import NOISE_BINS, block_noise_sigma, noise_by_intensity
-from convfocus.defocus import SynthesisConfig, add_poisson_noise, apply_blur, jpeg_roundtrip
-from convfocus.slide import open_slide, read_image
+from convfocus.io.slide import open_slide, read_image
+from convfocus.synthesis.defocus import (
+    SynthesisConfig,
+    add_poisson_noise,
+    apply_blur,
+    jpeg_roundtrip,
+)
+from convfocus.training.calibrate import NOISE_BINS, block_noise_sigma, noise_by_intensity
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -90,7 +95,7 @@ def main() -> None:
     args = ap.parse_args()
     cv2.setNumThreads(1)
 
-    from convfocus.pool import load_pool
+    from convfocus.training.pool import load_pool
 
     pool = load_pool(Path(args.pool), "train")[0]
     rng = np.random.default_rng(0)

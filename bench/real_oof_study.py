@@ -4,7 +4,7 @@ Runs the shipped grader (or ``--model``) on the two TCGA@Focus patches in
 ``../shared/data/real-oof`` under controlled changes and prints one table per question:
 
 1. scale: both patches at native pixels, rescaled x0.5 / x1.44 / x2, and at the pixel
-   size that nuclear size suggests (:func:`convfocus.pool.estimate_mpp`);
+   size that nuclear size suggests (:func:`convfocus.training.pool.estimate_mpp`);
 2. JPEG blocking: the out-of-focus patch with its 8x8 block edges smoothed;
 3. a matched synthetic ladder: the in-focus patch darkened to the out-of-focus
    patch's luma (optical density x3.5), bokeh of known radius, Poisson noise, JPEG at
@@ -28,17 +28,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from convfocus.defocus import (
+from convfocus.grading.infer import load_grader
+from convfocus.io.slide import read_image
+from convfocus.synthesis.defocus import (
     add_poisson_noise,
     apply_blur,
     class_interval,
     jpeg_roundtrip,
     scale_density,
 )
-from convfocus.infer import load_grader
-from convfocus.modelcheck import rescale, windows_of
-from convfocus.pool import MODEL_MPP, estimate_mpp, resample_to
-from convfocus.slide import read_image
+from convfocus.training.modelcheck import rescale, windows_of
+from convfocus.training.pool import MODEL_MPP, estimate_mpp, resample_to
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-oof"
 IN_FOCUS = "tcga-focus-infocus-i32381-j37784.png"

@@ -78,8 +78,8 @@ def _tissue_field(width: int, height: int, seed: int) -> np.ndarray:
 
 def _atlases(seed: int) -> list[np.ndarray]:
     """Sharp, mildly blurred (class 8) and strongly blurred (class 20) tissue textures."""
-    from convfocus.defocus import apply_blur
     from convfocus.demo import make_demo_tissue
+    from convfocus.synthesis.defocus import apply_blur
     from convfocus.types import class_blur_radius_px
 
     sharp = make_demo_tissue(ATLAS, ATLAS, margin=0, seed=seed)
@@ -151,7 +151,7 @@ def _tile_renderer(width: int, height: int, seed: int) -> Callable[[int, int, in
 
 def build_slide(path: Path, width: int, height: int, *, seed: int = 11) -> Path:
     """Write the benchmark slide tile by tile (pyramid in SubIFDs, as
-    :func:`convfocus.slide.write_pyramidal_tiff` lays it out)."""
+    :func:`convfocus.io.slide.write_pyramidal_tiff` lays it out)."""
     import tifffile
 
     render = _tile_renderer(width, height, seed)
@@ -203,10 +203,10 @@ def _cpu() -> float:
 
 def plan(slide: Path, grader: Any, block: int) -> dict[str, Any]:
     """The scan's grid and blocks for this slide (the same functions the scan calls)."""
-    from convfocus.scan import ScanOptions, _blocks, graded_mask
-    from convfocus.slide import open_slide
-    from convfocus.tiling import make_grid
-    from convfocus.tissue import tissue_mask
+    from convfocus.grading.scan import ScanOptions, _blocks, graded_mask
+    from convfocus.grading.tiling import make_grid
+    from convfocus.grading.tissue import tissue_mask
+    from convfocus.io.slide import open_slide
 
     opts = ScanOptions(block=block)
     spec = grader.spec
@@ -234,7 +234,7 @@ def _region_box(p: dict[str, Any], b: tuple[int, int, int, int], spec: Any) -> t
 
 def decode_floor(slide: Path, p: dict[str, Any], spec: Any, threads: int) -> dict[str, float]:
     """Read and decode every level-0 tile the graded regions touch, once, on ``threads``."""
-    from convfocus.slide import open_slide
+    from convfocus.io.slide import open_slide
 
     tiles: set[tuple[int, int]] = set()
     for b in p["blocks"]:
@@ -264,8 +264,8 @@ def model_only(slide: Path, p: dict[str, Any], graders: dict[str, Any],
     """Grade every block's region as the scan does (``fp32``: windows cut out and graded
     exactly, tissue windows only); on a sample of blocks also with the dense pass and int8.
     Timed: converting the region and grading it; not timed: reading and decoding it."""
-    from convfocus.scan import read_model_region
-    from convfocus.slide import open_slide
+    from convfocus.grading.scan import read_model_region
+    from convfocus.io.slide import open_slide
 
     fp32 = graders["fp32"]
     spec = fp32.spec
@@ -358,8 +358,8 @@ def outputs_child(width: int, height: int) -> None:
     from types import SimpleNamespace
 
     from convfocus import NUM_CLASSES
-    from convfocus.scan import Grading, ScanOptions, write_outputs
-    from convfocus.tiling import Grid
+    from convfocus.grading.scan import Grading, ScanOptions, write_outputs
+    from convfocus.grading.tiling import Grid
     from convfocus.types import ModelSpec
 
     t0 = time.perf_counter()
@@ -410,7 +410,7 @@ def outputs_check(size: str) -> dict[str, Any]:
 
 def _model_copy(model: str | None) -> str:
     """The model's files copied to ``bench/.cache/models/`` (its int8 graph is cached there)."""
-    from convfocus.checkpoint import resolve_model_path
+    from convfocus.training.checkpoint import resolve_model_path
 
     base = resolve_model_path(model)
     dest = CACHE / "models" / base.name
@@ -452,8 +452,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     width, height = (int(v) for v in args.size.lower().split("x"))
 
-    from convfocus.infer import load_grader
-    from convfocus.scan import ScanOptions
+    from convfocus.grading.infer import load_grader
+    from convfocus.grading.scan import ScanOptions
 
     block = args.block or ScanOptions().block
 

@@ -2,7 +2,7 @@
 
 A patch is processed as in training: class drawn uniformly from 0..29, bokeh blur of
 a radius drawn from its class interval, Poisson noise, JPEG round trip
-(:func:`convfocus.defocus.synthesize` with the default :class:`SynthesisConfig`).
+(:func:`convfocus.synthesis.defocus.synthesize` with the default :class:`SynthesisConfig`).
 The baseline does the same with plain scipy/numpy, in the same run on the same
 draws: mirror padding + ``scipy.signal.fftconvolve`` (``scipy.ndimage.convolve``
 cannot finish class 29's 401 x 401 px kernels in useful time), exact numpy Poisson
@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from convfocus.defocus import (
+from convfocus.synthesis.defocus import (
     SynthesisConfig,
     SynthesisParams,
     apply_blur,
@@ -93,7 +93,7 @@ def main() -> None:
 
     pool = ROOT / args.pool if not Path(args.pool).is_absolute() else Path(args.pool)
     if (pool / "manifest.csv").is_file():
-        from convfocus.pool import load_pool
+        from convfocus.training.pool import load_pool
 
         patches = load_pool(pool)[0][:32]
         source = f"{len(patches)} pool patches"
@@ -132,7 +132,7 @@ def main() -> None:
         print(f"{r:7.2f}  {route:>7s}  {t_ours:10.2f}  {t_fft:11.2f}  {t_nd:8.1f}")
 
     x = p0.astype(np.float32) / 255.0
-    from convfocus.defocus import add_poisson_noise
+    from convfocus.synthesis.defocus import add_poisson_noise
 
     s = max(cfg.noise_s_8bit) / 255.0
     g = np.random.default_rng(1)

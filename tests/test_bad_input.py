@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from convfocus.cli import main
-from convfocus.slide import write_pyramidal_tiff
+from convfocus.io.slide import write_pyramidal_tiff
 
 # --- helpers -----------------------------------------------------------------------------------
 
@@ -200,7 +200,7 @@ def _enospc() -> OSError:
 def test_full_disk_while_writing_outputs(tmp_path: Path, good_slide: Path, fixture_model: Path,
                                          capsys, monkeypatch):
     """The disk fills up after some outputs are written: one line, no partial folder."""
-    import convfocus.scan as scan_mod
+    import convfocus.grading.scan as scan_mod
 
     real_save = np.save
     calls = []
@@ -225,7 +225,7 @@ def test_full_disk_in_an_image_writer(tmp_path: Path, good_slide: Path, fixture_
                                       capsys, monkeypatch):
     """A writer that raises its own OutputError naming a file in the temporary folder: the
     line names the slide's output folder, not the temporary one."""
-    import convfocus.slide as slide_mod
+    import convfocus.io.slide as slide_mod
     from convfocus.errors import OutputError
 
     def full(path, *a, **kw):
@@ -250,7 +250,7 @@ def test_one_failure_does_not_stop_the_batch(tmp_path: Path, good_slide: Path,
     rc, stdout, err = _scan(capsys, fixture_model, out, broken, good_slide)
     assert rc == 1
     assert "Traceback" not in err
-    from convfocus.scan import is_complete
+    from convfocus.grading.scan import is_complete
 
     assert is_complete(out / good_slide.stem)
     assert stdout.strip() == str(out / good_slide.stem / "report.html")

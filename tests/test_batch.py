@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convfocus.batch import SlideJob, expand_inputs, run_batch
 from convfocus.errors import ConfigError
-from convfocus.scan import ScanOptions, is_complete
-from convfocus.slide import write_pyramidal_tiff
+from convfocus.grading.batch import SlideJob, expand_inputs, run_batch
+from convfocus.grading.scan import ScanOptions, is_complete
+from convfocus.io.slide import write_pyramidal_tiff
 
 # --- expand_inputs -----------------------------------------------------------------------------
 
@@ -78,7 +78,7 @@ def test_bad_manifest(tmp_path: Path, text: str, why: str):
 def batch_dir(tmp_path_factory: pytest.TempPathFactory, tissue_rgb: np.ndarray) -> Path:
     """Three small slides (768 x 512 px, 0.25 µm/px) cut from different parts of the generated
     tissue, glass included; one has a blurred patch."""
-    from convfocus.defocus import apply_blur
+    from convfocus.synthesis.defocus import apply_blur
 
     d = tmp_path_factory.mktemp("batch-slides")
     a = np.ascontiguousarray(tissue_rgb[128:640, 128:896])

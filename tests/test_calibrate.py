@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convfocus.calibrate import (
+from convfocus.synthesis.defocus import apply_blur
+from convfocus.training.calibrate import (
     BlurDifference,
     block_noise_sigma,
     calibrate_blur,
@@ -16,7 +17,6 @@ from convfocus.calibrate import (
     noise_by_intensity,
     write_calibration,
 )
-from convfocus.defocus import apply_blur
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_noise_estimator_recovers_sigma_on_a_ramp() -> None:
 def test_synthetic_noise_is_in_the_measured_range() -> None:
     # the default S range gives noise of the size measured on real scans (0.5-1.1 levels
     # after JPEG; docs/paper-fidelity.md) and far below the paper's literal S
-    from convfocus.defocus import SynthesisConfig, add_poisson_noise, jpeg_roundtrip
+    from convfocus.synthesis.defocus import SynthesisConfig, add_poisson_noise, jpeg_roundtrip
 
     flat = np.full((128, 128, 3), 170 / 255, np.float32)
     lo, hi = SynthesisConfig().noise_s_8bit
@@ -98,7 +98,7 @@ def test_cli_calibrate_on_an_image(tmp_path: Path, capsys: pytest.CaptureFixture
     from skimage import data
 
     from convfocus.cli import main
-    from convfocus.slide import write_png
+    from convfocus.io.slide import write_png
 
     img = write_png(tmp_path / "ihc.png", data.immunohistochemistry()[:320, :320])
     assert main(["calibrate", str(img), "--mpp", "0.25", "--per-source", "1"]) == 0

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from convfocus.checkpoint import load_model, load_spec, resolve_model_path, save_model
 from convfocus.errors import ModelError
-from convfocus.infer import load_grader
-from convfocus.model import build_model
+from convfocus.grading.infer import load_grader
+from convfocus.training.checkpoint import load_model, load_spec, resolve_model_path, save_model
+from convfocus.training.model import build_model
 from convfocus.types import ModelSpec
 
 

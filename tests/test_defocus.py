@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from convfocus.defocus import (
+from convfocus.synthesis.defocus import (
     SPECTRAL_MIN_HALF_WIDTH,
     SynthesisConfig,
     SynthesisParams,
@@ -269,7 +269,7 @@ def test_fold_multiplies_transmittance_of_the_second_layer(tissue: np.ndarray) -
 
 
 def test_fold_examples_keep_the_label_of_the_dominant_layer() -> None:
-    from convfocus.train import make_example
+    from convfocus.training.train import make_example
 
     patches = np.stack([np.full((300, 300, 3), v, np.uint8) for v in (200, 120)])
     cfg = SynthesisConfig(fold_prob=1.0, noise=False, jpeg=False)
@@ -280,7 +280,7 @@ def test_fold_examples_keep_the_label_of_the_dominant_layer() -> None:
 
 
 def test_density_scales_optical_density_before_the_blur(tissue: np.ndarray) -> None:
-    from convfocus.defocus import scale_density
+    from convfocus.synthesis.defocus import scale_density
 
     assert scale_density(tissue, 1.0) is tissue
     od = lambda im: -np.log((im.astype(np.float64) + 0.5) / 256.0)

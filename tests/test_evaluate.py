@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from convfocus import evaluate as ev
-from convfocus import metrics
 from convfocus.cli import main
 from convfocus.errors import AnnotationError, ConfigError
+from convfocus.evaluation import evaluate as ev
+from convfocus.evaluation import metrics
 from convfocus.types import ModelSpec
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -319,8 +319,8 @@ def test_inputs_sharing_a_stem_get_their_own_scan_folders(tmp_path: Path, monkey
 
 # --- scanning a generated slide (needs the scanner modules) -------------------------------------
 
-_SCAN_MODULES = ("convfocus.scan", "convfocus.slide", "convfocus.tissue", "convfocus.tiling",
-                 "convfocus.report", "convfocus.heatmap", "convfocus.regions")
+_SCAN_MODULES = ("convfocus.grading.scan", "convfocus.io.slide", "convfocus.grading.tissue", "convfocus.grading.tiling",
+                 "convfocus.grading.report", "convfocus.grading.heatmap", "convfocus.grading.regions")
 _scan_missing = [m for m in _SCAN_MODULES if importlib.util.find_spec(m) is None]
 
 
@@ -358,8 +358,8 @@ def known_blur_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip(f"scanner modules not present: {_scan_missing}")
     from skimage.data import immunohistochemistry
 
-    from convfocus.defocus import apply_blur, sample_blur_param
-    from convfocus.slide import write_pyramidal_tiff
+    from convfocus.io.slide import write_pyramidal_tiff
+    from convfocus.synthesis.defocus import apply_blur, sample_blur_param
 
     tmp = tmp_path_factory.mktemp("known-blur")
     rng = np.random.default_rng(0)
@@ -385,7 +385,7 @@ def test_generated_slide_with_known_blur_classes_scans_to_rho_near_one(
     """The whole path (scan -> tiles.csv -> rasterised grades) with an oracle grader."""
     from skimage.data import immunohistochemistry
 
-    from convfocus.defocus import apply_blur, jpeg_roundtrip, sample_blur_param
+    from convfocus.synthesis.defocus import apply_blur, jpeg_roundtrip, sample_blur_param
 
     rng = np.random.default_rng(1)
     tissue = immunohistochemistry()
@@ -411,7 +411,7 @@ def test_shipped_model_grades_the_known_blur_slide(known_blur_slide: Path, tmp_p
     from convfocus.errors import ConvFocusError
 
     try:
-        from convfocus.infer import load_grader
+        from convfocus.grading.infer import load_grader
 
         grader = load_grader(None, device="cpu")
     except (ImportError, ConvFocusError) as exc:
@@ -518,13 +518,13 @@ def test_detector_oof_classes_joined_from_tiles(tmp_path: Path) -> None:
 
 
 def test_detector_blur_sweep_with_the_example(tmp_path: Path) -> None:
-    from convfocus.examples.detector_data import make_detector_example
+    from convfocus.evaluation.detector_data import make_detector_example
 
     ex = make_detector_example(tmp_path / "data", n_slides=3, windows_per_slide=10,
                                blur_windows_per_slide=8)
     res = ev.evaluate_detector(
         tmp_path / "out", scores=ex.scores_csv, windows=ex.windows_npz,
-        detector="convfocus.examples.detector:score_windows", classes=[0, 10, 27], n_boot=50,
+        detector="convfocus.evaluation.detector:score_windows", classes=[0, 10, 27], n_boot=50,
     )
     sweep = res["experiment2"]["by_class"]
     assert [r["class"] for r in sweep] == [0, 10, 27]
@@ -540,7 +540,7 @@ def test_detector_entry_point_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot import"):
         ev.load_detector("convfocus_no_such_module:f")
     with pytest.raises(ConfigError, match="no function"):
-        ev.load_detector("convfocus.examples.detector:nope")
+        ev.load_detector("convfocus.evaluation.detector:nope")
     images = np.zeros((4, 139, 139, 3), np.uint8)
     with pytest.raises(ConfigError, match="one finite score per window"):
         ev.auc_vs_blur(lambda b: np.zeros(1), images, np.array([0, 1, 0, 1]),
@@ -563,12 +563,12 @@ class SharpnessGrader:
         return np.eye(30, dtype=np.float32)[k]
 
 
-_slide_io = importlib.util.find_spec("convfocus.slide") is not None
+_slide_io = importlib.util.find_spec("convfocus.io.slide") is not None
 
 
-@pytest.mark.skipif(not _slide_io, reason="convfocus.slide (image reading/writing) not present")
+@pytest.mark.skipif(not _slide_io, reason="convfocus.io.slide (image reading/writing) not present")
 def test_focuspath_standin(tmp_path: Path, capsys) -> None:
-    from convfocus.examples.benchmarks import make_focuspath_standin
+    from convfocus.evaluation.benchmarks import make_focuspath_standin
 
     data = make_focuspath_standin(tmp_path / "fp", n_slides=3, positions=1,
                                   z_levels=(-3, -2, -1, 0, 1, 2, 3), size=300)
@@ -587,9 +587,9 @@ def test_focuspath_standin(tmp_path: Path, capsys) -> None:
     assert (tmp_path / "out" / "benchmark-focuspath.png").is_file()
 
 
-@pytest.mark.skipif(not _slide_io, reason="convfocus.slide (image reading/writing) not present")
+@pytest.mark.skipif(not _slide_io, reason="convfocus.io.slide (image reading/writing) not present")
 def test_tcga_focus_standin(tmp_path: Path) -> None:
-    from convfocus.examples.benchmarks import make_tcga_focus_standin
+    from convfocus.evaluation.benchmarks import make_tcga_focus_standin
 
     data = make_tcga_focus_standin(tmp_path / "tf", n_slides=2, patches_per_label=3, size=300)
     res = ev.evaluate_benchmark("tcga-focus", data.list_path, data.images, tmp_path / "out",

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from convfocus import MODEL_MPP
-from convfocus.defocus import apply_blur
+from convfocus.synthesis.defocus import apply_blur
 from convfocus.types import class_blur_radius_px
 
 WIN = 139
@@ -29,9 +29,9 @@ REAL_OOF_MPP = 0.25
 @pytest.fixture(scope="module")
 def grader():
     """The shipped default model; the module skips while it is not shipped."""
-    from convfocus.checkpoint import resolve_model_path
     from convfocus.errors import ModelError
-    from convfocus.infer import load_grader
+    from convfocus.grading.infer import load_grader
+    from convfocus.training.checkpoint import resolve_model_path
 
     try:
         resolve_model_path(None)
@@ -104,8 +104,8 @@ def test_flips_and_rotations_change_the_class_by_at_most_one(grader, ihc: np.nda
 
 def test_blurred_region_of_a_slide_grades_higher(grader, tmp_path: Path):
     from convfocus.demo import make_demo_tissue
-    from convfocus.scan import ScanOptions, grade_slide
-    from convfocus.slide import open_slide, write_pyramidal_tiff
+    from convfocus.grading.scan import ScanOptions, grade_slide
+    from convfocus.io.slide import open_slide, write_pyramidal_tiff
 
     sharp = make_demo_tissue(2048, 1536, margin=128, seed=3)
     x0, y0, x1, y1 = 640, 384, 1408, 1152  # a 768 px square inside the tissue
@@ -188,8 +188,8 @@ def test_demo_slide_shows_the_stripe_and_the_patch(grader, tmp_path: Path):
 
 
 def _mean_class(grader, path: Path, mpp: float) -> float:
-    from convfocus.scan import ScanOptions, grade_slide
-    from convfocus.slide import open_slide
+    from convfocus.grading.scan import ScanOptions, grade_slide
+    from convfocus.io.slide import open_slide
 
     reader = open_slide(path, mpp=mpp)
     try:
@@ -218,7 +218,7 @@ def test_real_out_of_focus_patch_grades_much_higher(grader, shared_data: Path):
 
 def test_sharp_textureless_tissue_is_not_called_blurred(grader, shared_data: Path):
     """Nearly textureless but sharp tissue: a focus grader must not take it for blur."""
-    from convfocus.pool import KNOWN_MPP
+    from convfocus.training.pool import KNOWN_MPP
 
     name = "histolab-very-low-nuclei-score-level0.png"
     path = shared_data / "infocus" / name

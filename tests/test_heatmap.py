@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from convfocus import heatmap as hm
+from convfocus.grading import heatmap as hm
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -145,7 +145,7 @@ def test_class_counts_ignores_non_tissue():
 def test_rendering_never_touches_pyplot():
     code = (
         "import sys, numpy as np\n"
-        "import convfocus.heatmap as h\n"
+        "import convfocus.grading.heatmap as h\n"
         "assert 'matplotlib' not in sys.modules\n"  # no import-time matplotlib
         "h.heatmap_png(np.zeros((4, 4), int)); h.histogram_png(np.zeros(5, int))\n"
         "assert 'matplotlib.pyplot' not in sys.modules\n"

@@ -16,7 +16,10 @@ import pytest
 import torch
 
 from convfocus import MODEL_MPP, NUM_CLASSES
-from convfocus.checkpoint import (
+from convfocus.errors import ConfigError, ModelError
+from convfocus.grading.infer import PreparedRegion, load_grader
+from convfocus.synthesis.defocus import apply_blur
+from convfocus.training.checkpoint import (
     fold_normalisation,
     int8_path,
     load_spec,
@@ -24,10 +27,7 @@ from convfocus.checkpoint import (
     resolve_model_path,
     save_model,
 )
-from convfocus.defocus import apply_blur
-from convfocus.errors import ConfigError, ModelError
-from convfocus.infer import PreparedRegion, load_grader
-from convfocus.model import build_model
+from convfocus.training.model import build_model
 from convfocus.types import ModelSpec, class_blur_radius_px
 from test_model import randomise_bn
 
@@ -172,7 +172,7 @@ def test_grader_without_folding_gives_the_same_probabilities(
     def refuse(graph, spec):  # type: ignore[no-untyped-def]
         raise ModelError("not foldable")
 
-    monkeypatch.setattr("convfocus.checkpoint.fold_normalisation", refuse)
+    monkeypatch.setattr("convfocus.training.checkpoint.fold_normalisation", refuse)
     plain = load_grader(random_model).predict_region(regions[:1, :523, :523])
     assert np.abs(folded - plain).max() < 1e-4
 
@@ -209,14 +209,14 @@ def test_quantize_writes_an_int8_graph_that_grades(random_model: Path, tmp_path:
 def test_int8_is_quantised_in_memory_where_the_model_folder_is_read_only(
     random_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from convfocus import checkpoint
+    from convfocus.training import checkpoint
 
     few = checkpoint.calibration_regions(load_spec(random_model), n=3)
     monkeypatch.setattr(checkpoint, "calibration_regions", lambda spec, n: few)
     blocked = tmp_path / "a-file"
     blocked.write_text("")
     # the int8 graph's path lies under a file: writing it raises an OSError
-    monkeypatch.setattr("convfocus.checkpoint.int8_path", lambda base: blocked / "m.int8.onnx")
+    monkeypatch.setattr("convfocus.training.checkpoint.int8_path", lambda base: blocked / "m.int8.onnx")
     grader = load_grader(random_model, precision="int8")
     assert grader.predict_region(np.full((523, 523, 3), 200, np.uint8)).shape == (4, 4, 30)
 
@@ -228,7 +228,7 @@ def test_int8_as_default_needs_agreement_with_fp32_trained(
     fp32 (and faster: docs/performance.md). It is not met today, so fp32 is the default."""
     import shutil
 
-    from convfocus.scan import ScanOptions
+    from convfocus.grading.scan import ScanOptions
 
     copy = tmp_path / trained_model.name  # the int8 graph is written beside the model
     for suffix in (".json", ".onnx", ".safetensors"):

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from convfocus import metrics
+from convfocus.evaluation import metrics
 
 
 @pytest.fixture()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from convfocus import NUM_CLASSES
-from convfocus.model import ARCHS, ConvFocusNet, build_model, multiply_adds, stem_depths
+from convfocus.training.model import ARCHS, ConvFocusNet, build_model, multiply_adds, stem_depths
 
 WINDOW, STRIDE = 139, 128
 

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from convfocus.errors import ConfigError
-from convfocus.pool import (
+from convfocus.grading.tissue import tissue_mask
+from convfocus.io.slide import read_image, write_png
+from convfocus.training.pool import (
     PATCH_PX,
     build_pool,
     cut_patches,
@@ -16,8 +18,6 @@ from convfocus.pool import (
     read_manifest,
     resample_to,
 )
-from convfocus.slide import read_image, write_png
-from convfocus.tissue import tissue_mask
 
 
 @pytest.fixture(scope="module")

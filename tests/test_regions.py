@@ -11,8 +11,8 @@ import pytest
 from scipy import ndimage
 
 from convfocus.errors import ConfigError
-from convfocus.heatmap import GridGeometry
-from convfocus.regions import (
+from convfocus.grading.heatmap import GridGeometry
+from convfocus.grading.regions import (
     BUCKETS,
     PROFILES,
     Profile,

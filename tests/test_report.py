@@ -8,10 +8,10 @@ import re
 import numpy as np
 import pytest
 
-from convfocus import heatmap as hm
-from convfocus import report as rp
 from convfocus.errors import OutputError
-from convfocus.regions import oof_regions
+from convfocus.grading import heatmap as hm
+from convfocus.grading import report as rp
+from convfocus.grading.regions import oof_regions
 from convfocus.types import ModelSpec
 
 GRID = {"l0_origin_px": [16, 8], "l0_stride_px": 128, "l0_window_px": 139, "rows": 20,

@@ -10,7 +10,8 @@ import pytest
 
 from convfocus.cli import main
 from convfocus.errors import NoTissueError, OutputError, PixelSizeError
-from convfocus.sampling import (
+from convfocus.io.slide import open_slide, read_image, write_image, write_pyramidal_tiff
+from convfocus.training.sampling import (
     MANIFEST_FIELDS,
     candidate_positions,
     find_slides,
@@ -19,7 +20,6 @@ from convfocus.sampling import (
     sample_patches,
     select_densest,
 )
-from convfocus.slide import open_slide, read_image, write_image, write_pyramidal_tiff
 
 W, H = 2400, 1600
 DENSE = (1500, 300, 2300, 1300)  # x0, y0, x1, y1 of the dark (dense) tissue block

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from convfocus import NUM_CLASSES
-from convfocus.scan import (
+from convfocus.grading.scan import (
     OUTPUT_FILES,
     TILES_HEADER,
     ScanOptions,
@@ -25,7 +25,7 @@ from convfocus.scan import (
     scan_path,
     tiles_rows,
 )
-from convfocus.slide import open_slide, write_pyramidal_tiff
+from convfocus.io.slide import open_slide, write_pyramidal_tiff
 from convfocus.types import class_blur_radius_px
 
 CMU = "slides/cmu-1-small-region.svs"  # Aperio, 2220 x 2967, 0.499 µm/px (20x), one level
@@ -36,7 +36,7 @@ CMU = "slides/cmu-1-small-region.svs"  # Aperio, 2220 x 2967, 0.499 µm/px (20x)
 
 @pytest.fixture(scope="module")
 def grader(fixture_model: Path):
-    from convfocus.infer import load_grader
+    from convfocus.grading.infer import load_grader
 
     return load_grader(str(fixture_model))
 
@@ -186,7 +186,7 @@ def test_heatmap_png_has_a_legend_and_transparent_non_tissue(scanned: Path):
 def test_classmap_png_is_rgba_with_transparent_non_tissue(scanned: Path):
     import cv2
 
-    from convfocus.heatmap import class_colors
+    from convfocus.grading.heatmap import class_colors
 
     cm = np.load(scanned / "classmap.npy")
     bgra = cv2.imread(str(scanned / "classmap.png"), cv2.IMREAD_UNCHANGED)

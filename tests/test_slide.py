@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from convfocus import slide
 from convfocus.errors import PixelSizeError, SlideReadError, UnsupportedFormatError
-from convfocus.slide import (
+from convfocus.io import slide
+from convfocus.io.slide import (
     SlideReader,
     open_slide,
     read_image,

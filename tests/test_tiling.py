@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from convfocus.errors import ConfigError
-from convfocus.tiling import Grid, grid_shape, make_grid
+from convfocus.grading.tiling import Grid, grid_shape, make_grid
 
 WINDOW, STRIDE = 139.0, 128.0
 

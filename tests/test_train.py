@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convfocus import train as train_mod
-from convfocus.checkpoint import load_model
-from convfocus.defocus import SynthesisConfig
-from convfocus.pool import build_pool
-from convfocus.slide import write_png
-from convfocus.train import Augment, augment, make_example, preset_config, train
+from convfocus.io.slide import write_png
+from convfocus.synthesis.defocus import SynthesisConfig
+from convfocus.training import train as train_mod
+from convfocus.training.checkpoint import load_model
+from convfocus.training.pool import build_pool
+from convfocus.training.train import Augment, augment, make_example, preset_config, train
 
 
 @pytest.fixture(scope="module")

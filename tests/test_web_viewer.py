@@ -13,8 +13,8 @@ import pytest
 
 from convfocus.cli import main
 from convfocus.errors import ConfigError
-from convfocus.heatmap import class_colors
-from convfocus.slide import open_slide
+from convfocus.grading.heatmap import class_colors
+from convfocus.io.slide import open_slide
 from convfocus.web.viewer import ViewerApp, dzi_max_level, dzi_tile_box
 from web_helpers import browser_or_skip, get_json, http, make_scan_folder, serving
 

@@ -56,8 +56,8 @@ def ihc_texture(h: int, w: int) -> np.ndarray:
 
 def make_patch_folder(folder: Path, n: int = 3, size: int = 300) -> list[str]:
     """A folder as `convfocus sample` writes it: patches/*.png + manifest.csv."""
-    from convfocus.sampling import PatchRecord, mean_luma, write_manifest
-    from convfocus.slide import write_image
+    from convfocus.io.slide import write_image
+    from convfocus.training.sampling import PatchRecord, mean_luma, write_manifest
 
     (folder / "patches").mkdir(parents=True, exist_ok=True)
     records = []
@@ -80,8 +80,8 @@ def make_scan_folder(root: Path, name: str = "slide-a", *, width: int = 1500,
     regions, class 25 at rows 2-3, cols 2-3 and class 14 at rows 4-5, cols 6-8.
     Probabilities peak at the cell's class.
     """
-    from convfocus.regions import oof_regions
-    from convfocus.slide import write_png, write_pyramidal_tiff
+    from convfocus.grading.regions import oof_regions
+    from convfocus.io.slide import write_png, write_pyramidal_tiff
 
     folder = root / name
     folder.mkdir(parents=True)

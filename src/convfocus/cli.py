@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from convfocus.scan import ScanOptions
+    from convfocus.grading.scan import ScanOptions
 
 from convfocus import __version__
 from convfocus.errors import ConvFocusError
@@ -80,7 +80,7 @@ def _add_precision(p: argparse.ArgumentParser) -> None:
 
 
 def _add_scan(sub: argparse._SubParsersAction) -> None:
-    from convfocus.regions import PROFILES
+    from convfocus.grading.regions import PROFILES
 
     p = sub.add_parser(
         "scan", help="grade slides: class map, heatmap, regions, summary, report",
@@ -114,7 +114,7 @@ def _add_scan(sub: argparse._SubParsersAction) -> None:
 
 
 def _scan_options(args: argparse.Namespace) -> ScanOptions:
-    from convfocus.scan import ScanOptions
+    from convfocus.grading.scan import ScanOptions
 
     if not 0.0 <= args.min_tissue <= 1.0:
         from convfocus.errors import ConfigError
@@ -131,8 +131,8 @@ def _scan_options(args: argparse.Namespace) -> ScanOptions:
 def _run_scan(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from convfocus.batch import expand_inputs, run_batch
-    from convfocus.infer import load_grader
+    from convfocus.grading.batch import expand_inputs, run_batch
+    from convfocus.grading.infer import load_grader
 
     opts = _scan_options(args)
     load_grader(opts.model, device=opts.device, backend=opts.backend,  # fail early on the model
@@ -167,7 +167,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from convfocus.demo import run_demo
-    from convfocus.infer import load_grader
+    from convfocus.grading.infer import load_grader
 
     grader = load_grader(args.model, device=args.device, backend=args.backend,
                          threads=args.threads, precision=args.precision)
@@ -214,7 +214,7 @@ def _add_patches(sub: argparse._SubParsersAction) -> None:
 def _run_patches(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from convfocus.pool import DEFAULT_VALIDATION, build_pool, default_sources
+    from convfocus.training.pool import DEFAULT_VALIDATION, build_pool, default_sources
 
     sources = [Path(s) for s in args.sources] or default_sources(_shared_data())
     entries = build_pool(
@@ -257,7 +257,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from convfocus.train import preset_config, train
+    from convfocus.training.train import preset_config, train
 
     cfg = preset_config(
         args.preset, arch=args.arch, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
@@ -299,7 +299,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from convfocus.calibrate import (
+    from convfocus.training.calibrate import (
         calibrate_blur,
         calibration_table,
         default_calibration_patches,
@@ -308,7 +308,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     )
 
     if args.pool is not None:
-        from convfocus.pool import load_pool
+        from convfocus.training.pool import load_pool
 
         patches = load_pool(Path(args.pool))[0]
     elif args.images:
@@ -345,20 +345,20 @@ def _run_check_model(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from convfocus.infer import load_grader
-    from convfocus.modelcheck import run_checks
+    from convfocus.grading.infer import load_grader
+    from convfocus.training.modelcheck import run_checks
 
     grader = load_grader(args.model, device=args.device, backend=args.backend,
                          threads=args.threads)
     res = run_checks(grader, _shared_data())
     if args.pool:
-        from convfocus.modelcheck import synthetic_validation
+        from convfocus.training.modelcheck import synthetic_validation
 
         res["synthetic_validation"] = synthetic_validation(grader, Path(args.pool))
     text = json.dumps(res, indent=2)
     print(text)
     if args.out:
-        from convfocus.report import write_text_atomic
+        from convfocus.grading.report import write_text_atomic
 
         write_text_atomic(Path(args.out), text + "\n")
     return 0
@@ -483,7 +483,7 @@ def _print_markdown(path: str) -> None:
 
 
 def _run_evaluate_grades(args: argparse.Namespace) -> int:
-    from convfocus.evaluate import evaluate_grades
+    from convfocus.evaluation.evaluate import evaluate_grades
 
     evaluate_grades(
         args.manifest, args.out, tiles=args.tiles, model=args.model, mpp=args.mpp,
@@ -495,7 +495,7 @@ def _run_evaluate_grades(args: argparse.Namespace) -> int:
 
 
 def _run_evaluate_zstack(args: argparse.Namespace) -> int:
-    from convfocus.evaluate import evaluate_zstack
+    from convfocus.evaluation.evaluate import evaluate_zstack
 
     evaluate_zstack(args.manifest, args.out, tiles=args.tiles, model=args.model, mpp=args.mpp,
                     device=args.device, max_plot_windows=args.plot_windows, seed=args.seed)
@@ -504,7 +504,7 @@ def _run_evaluate_zstack(args: argparse.Namespace) -> int:
 
 
 def _run_evaluate_detector(args: argparse.Namespace) -> int:
-    from convfocus.evaluate import evaluate_detector
+    from convfocus.evaluation.evaluate import evaluate_detector
 
     evaluate_detector(
         args.out, scores=args.scores, tiles=args.tiles, detector=args.detector,
@@ -516,7 +516,7 @@ def _run_evaluate_detector(args: argparse.Namespace) -> int:
 
 
 def _run_evaluate_benchmark(args: argparse.Namespace) -> int:
-    from convfocus.evaluate import evaluate_benchmark
+    from convfocus.evaluation.evaluate import evaluate_benchmark
 
     evaluate_benchmark(
         args.benchmark, args.list, args.images, args.out, model=args.model, device=args.device,
@@ -528,7 +528,7 @@ def _run_evaluate_benchmark(args: argparse.Namespace) -> int:
 
 
 def _run_evaluate_ablation(args: argparse.Namespace) -> int:
-    from convfocus.evaluate import evaluate_ablation
+    from convfocus.evaluation.evaluate import evaluate_ablation
 
     evaluate_ablation(
         args.manifest, args.out, models=dict(args.configs), tiles_root=args.tiles_root,
@@ -578,7 +578,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_sample(args: argparse.Namespace) -> int:
-    from convfocus.sampling import find_slides, sample_patches
+    from convfocus.training.sampling import find_slides, sample_patches
 
     slides = find_slides(args.slides)
     records, skipped = sample_patches(

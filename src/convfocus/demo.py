@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from convfocus import MODEL_MPP
-from convfocus.defocus import apply_blur, class_interval
+from convfocus.synthesis.defocus import apply_blur, class_interval
 
 #: Pixel size of scikit-image's IHC image, estimated from nuclear size (see pool.KNOWN_MPP).
 IHC_MPP = 0.35
@@ -84,7 +84,7 @@ def make_demo_slide(
     seed: int = 7,
 ) -> DemoTruth:
     """Write the demo slide (pyramidal JPEG TIFF at 0.25 µm/px) and return its truth."""
-    from convfocus.slide import write_pyramidal_tiff
+    from convfocus.io.slide import write_pyramidal_tiff
 
     margin = 256
     rgb = make_demo_tissue(width, height, margin=margin, seed=seed)
@@ -108,8 +108,8 @@ def make_demo_slide(
 
 def run_demo(out: Path, *, grader: object | None = None, profile: str = "histology") -> Path:
     """Build the demo slide in ``out``, scan it, and return the path of its report."""
-    from convfocus.report import write_json_atomic
-    from convfocus.scan import scan_path
+    from convfocus.grading.report import write_json_atomic
+    from convfocus.grading.scan import scan_path
 
     out.mkdir(parents=True, exist_ok=True)
     slide = out / "demo-slide.tif"

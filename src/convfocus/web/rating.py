@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from convfocus.errors import ConfigError, OutputError
-from convfocus.sampling import MANIFEST_NAME, PATCH_DIR, PatchRecord, read_manifest
+from convfocus.training.sampling import MANIFEST_NAME, PATCH_DIR, PatchRecord, read_manifest
 from convfocus.web.server import HttpError, Request, Response, safe_child, static_file
 
 log = logging.getLogger(__name__)

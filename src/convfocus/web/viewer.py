@@ -36,7 +36,7 @@ _SEVERITY_KEYS = ("mean_class", "max_class")
 
 def class_colors() -> np.ndarray:
     """(30, 3) uint8 jet colours of the classes, as in heatmap.png."""
-    from convfocus.heatmap import class_colors as colors
+    from convfocus.grading.heatmap import class_colors as colors
 
     return colors(NUM_CLASSES)
 
@@ -307,7 +307,7 @@ class ScanView:
             return self._pixels
 
     def _open_pixels(self) -> _Pixels:
-        from convfocus.slide import open_slide
+        from convfocus.io.slide import open_slide
 
         candidates: list[Path] = []
         if self.slide_path is not None:

@@ -1,6 +1,6 @@
 """Calibration of the semi-synthetic defocus against real tissue.
 
-Two measurements back the numbers of :mod:`convfocus.defocus`:
+Two measurements back the numbers of :mod:`convfocus.synthesis.defocus`:
 
 - **Blur scale pair.** The Gaussian sigma and the bokeh radius of a class are
   aligned by minimising the summed squared RGB difference between the
@@ -14,7 +14,7 @@ Two measurements back the numbers of :mod:`convfocus.defocus`:
   synthetic patches.
 
 The blur difference is evaluated exactly in the Fourier domain: each patch is
-mirror-extended to twice its size (the boundary :func:`~convfocus.defocus.apply_blur`
+mirror-extended to twice its size (the boundary :func:`~convfocus.synthesis.defocus.apply_blur`
 uses), so blurring is a circular convolution and, by Parseval, the squared
 difference of the two blurred patches is ``sum_f |P(f)|^2 (G_sigma(f) - D_r(f))^2``
 with the transfer functions of the very kernels the synthesis uses. The pooled
@@ -43,7 +43,8 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from convfocus import NUM_CLASSES
-from convfocus.defocus import (
+from convfocus.errors import ConfigError, ConvFocusError
+from convfocus.synthesis.defocus import (
     BOKEH_MAX,
     BOKEH_SCALE,
     GAUSS_MAX,
@@ -53,7 +54,6 @@ from convfocus.defocus import (
     disk_kernel,
     gaussian_kernel,
 )
-from convfocus.errors import ConfigError, ConvFocusError
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +107,13 @@ def _gaussian_transfer_1d(sigma_px: float, h: int, w: int) -> tuple[np.ndarray, 
 
 def gaussian_transfer(sigma_px: float, shape: tuple[int, int]) -> np.ndarray:
     """Transfer function (rfft2 layout) of the separable Gaussian kernel of
-    :func:`~convfocus.defocus.gaussian_kernel`, circular on a ``shape`` grid."""
+    :func:`~convfocus.synthesis.defocus.gaussian_kernel`, circular on a ``shape`` grid."""
     gy, gx = _gaussian_transfer_1d(sigma_px, *shape)
     return gy[:, None] * gx[None, :]
 
 
 def disk_transfer(radius_px: float, shape: tuple[int, int]) -> np.ndarray:
-    """Transfer function (rfft2 layout) of :func:`~convfocus.defocus.disk_kernel`, circular
+    """Transfer function (rfft2 layout) of :func:`~convfocus.synthesis.defocus.disk_kernel`, circular
     on a ``shape`` grid."""
     h, w = shape
     k = disk_kernel(radius_px).astype(np.float64)
@@ -359,14 +359,14 @@ def source_patches(
     """The ``per_source`` densest 300 x 300 tissue patches of each source at 0.25 µm/px.
 
     Pixel sizes come from ``mpp`` (all sources), the bundled images' known sizes
-    (:data:`convfocus.pool.KNOWN_MPP`) or the file's metadata; sources coarser than
+    (:data:`convfocus.training.pool.KNOWN_MPP`) or the file's metadata; sources coarser than
     ``max_mpp`` and ones that cannot be read are left out with a log line.
     Returns the patches and the source name of each.
 
     References: Kohlberger et al. 2019 (densest = lowest mean luma; K = 8 per AT2 slide).
     """
-    from convfocus.pool import KNOWN_MPP, PATCH_PX, cut_patches, resample_to
-    from convfocus.slide import open_slide
+    from convfocus.io.slide import open_slide
+    from convfocus.training.pool import KNOWN_MPP, PATCH_PX, cut_patches, resample_to
 
     out: list[np.ndarray] = []
     names: list[str] = []
@@ -411,7 +411,7 @@ def default_calibration_patches(shared_data: Path | None, *, per_source: int = 8
         return source_patches(sources, per_source=per_source)[0]
     from skimage import data
 
-    from convfocus.pool import KNOWN_MPP, PATCH_PX, cut_patches, resample_to
+    from convfocus.training.pool import KNOWN_MPP, PATCH_PX, cut_patches, resample_to
 
     scaled = resample_to(data.immunohistochemistry(), KNOWN_MPP["skimage-ihc.png"] or 0.25)
     cands = cut_patches(scaled, stride_px=PATCH_PX // 2)

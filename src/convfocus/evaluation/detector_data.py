@@ -9,7 +9,7 @@ Two files are written:
 
 ``scores.csv``
     ``slide,x_px,y_px,score,label,oof_class``: every window blurred with bokeh of a
-    random OOF class (mostly mild), scored by :func:`convfocus.examples.detector.
+    random OOF class (mostly mild), scored by :func:`convfocus.evaluation.detector.
     score_windows`. ``oof_class`` is the class of the applied blur, standing in for
     the grader's prediction (experiment 1).
 ``windows.npz``
@@ -72,9 +72,9 @@ def make_detector_example(
     ``blur_windows_per_slide`` windows of each slide go to ``windows.npz`` (experiment
     2 blurs each of them at every class, so it is kept small).
     """
-    from convfocus.defocus import apply_blur, sample_blur_param
-    from convfocus.examples.detector import dab_density, score_windows
-    from convfocus.report import write_bytes_atomic
+    from convfocus.evaluation.detector import dab_density, score_windows
+    from convfocus.grading.report import write_bytes_atomic
+    from convfocus.synthesis.defocus import apply_blur, sample_blur_param
 
     if not 0 < blur_windows_per_slide <= windows_per_slide:
         raise ValueError("blur_windows_per_slide must be in 1..windows_per_slide")

@@ -21,7 +21,7 @@ from convfocus.errors import ConfigError, ModelError
 from convfocus.types import ModelSpec
 
 if TYPE_CHECKING:  # torch is imported where weights are touched: ONNX inference needs none
-    from convfocus.model import ConvFocusNet
+    from convfocus.training.model import ConvFocusNet
 
 DEFAULT_MODEL = "convfocus-default"
 
@@ -81,7 +81,7 @@ def load_model(model: str | Path | None = None) -> tuple[ConvFocusNet, ModelSpec
     """Load a network in eval mode with its spec."""
     from safetensors.torch import load_file
 
-    from convfocus.model import build_model
+    from convfocus.training.model import build_model
 
     base = resolve_model_path(model)
     spec = load_spec(base)
@@ -202,7 +202,7 @@ def calibration_regions(spec: ModelSpec, *, n: int = 24, side_cells: int = 4,
     import numpy as np
     from skimage import data
 
-    from convfocus.defocus import apply_blur
+    from convfocus.synthesis.defocus import apply_blur
     from convfocus.types import class_blur_radius_px
 
     ihc = data.immunohistochemistry()

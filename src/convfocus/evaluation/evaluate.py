@@ -8,8 +8,8 @@
 - :func:`evaluate_ablation` -- the five training presets, as the paper's Table 2.
 
 Scan outputs (``OUT/<stem>/tiles.csv`` and ``summary.json``) are read here; slides
-are scanned through :func:`convfocus.scan.scan_path` when no outputs are given.
-Metrics come from :mod:`convfocus.metrics`.
+are scanned through :func:`convfocus.grading.scan.scan_path` when no outputs are given.
+Metrics come from :mod:`convfocus.evaluation.metrics`.
 
 References: Kohlberger et al., J Pathol Inform 2019 (ConvFocus), Methods and Results.
 """
@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from convfocus import NUM_CLASSES, metrics
+from convfocus import NUM_CLASSES
 from convfocus.errors import AnnotationError, ConfigError, OutputError
+from convfocus.evaluation import metrics
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def _make_folder(path: Path) -> None:
 
 def _write_bytes(path: Path, data: bytes) -> Path:
     """Write ``data`` atomically (temporary name, then rename), creating the folder."""
-    from convfocus.report import write_bytes_atomic
+    from convfocus.grading.report import write_bytes_atomic
 
     _make_folder(path)
     write_bytes_atomic(path, data)
@@ -87,7 +88,7 @@ def _write_bytes(path: Path, data: bytes) -> Path:
 
 def _write_json(path: Path, obj: Any) -> Path:
     """Write ``obj`` as JSON atomically; numpy values become numbers, NaN ``null``."""
-    from convfocus.report import write_json_atomic
+    from convfocus.grading.report import write_json_atomic
 
     _make_folder(path)
     write_json_atomic(path, obj)
@@ -264,7 +265,7 @@ def _scan(
 ) -> Path:
     """Scan ``slide`` into ``scans/<stem>``, reusing a complete earlier output."""
     try:
-        from convfocus.scan import is_complete, output_dir, scan_path
+        from convfocus.grading.scan import is_complete, output_dir, scan_path
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ConfigError(f"scanning is not available ({exc}); pass --tiles") from None
     folder = output_dir(slide, scans)
@@ -1023,7 +1024,7 @@ def read_labelled_windows(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.
         except (OSError, ValueError, KeyError) as exc:
             raise ConfigError(f"not a windows .npz with images and labels ({exc})", p) from None
     else:
-        from convfocus.slide import read_image
+        from convfocus.io.slide import read_image
 
         rows = read_manifest(p, ("path", "label"))
         images = np.stack([read_image(_resolve(p.parent, r["path"])) for r in rows])
@@ -1068,7 +1069,7 @@ def auc_vs_blur(
     References: Kohlberger et al. 2019, Figure 11 (blue curve): synthetic bokeh blur
     of each strength added to all patches.
     """
-    from convfocus.defocus import apply_blur, sample_blur_param
+    from convfocus.synthesis.defocus import apply_blur, sample_blur_param
 
     out = []
     for c in classes:
@@ -1138,12 +1139,12 @@ def evaluate_detector(
     """
     o = Path(out)
     if example:
-        from convfocus.examples.detector_data import make_detector_example
+        from convfocus.evaluation.detector_data import make_detector_example
 
         ex = make_detector_example(o / "example-data", seed=seed)
         scores = scores or ex.scores_csv
         windows = windows or ex.windows_npz
-        detector = detector or "convfocus.examples.detector:score_windows"
+        detector = detector or "convfocus.evaluation.detector:score_windows"
     if scores is None and (detector is None or windows is None):
         raise ConfigError("give --scores (experiment 1) and/or --detector with --windows "
                           "(experiment 2), or --example")
@@ -1282,7 +1283,7 @@ def grade_patch(
 
 
 def _read_rgb(path: Path) -> np.ndarray:
-    from convfocus.slide import read_image
+    from convfocus.io.slide import read_image
 
     return read_image(path)
 
@@ -1355,7 +1356,7 @@ def evaluate_benchmark(
         if not rows:
             raise ConfigError(f"no rows with split {split!r}", list_path)
     if grader is None:
-        from convfocus.infer import load_grader
+        from convfocus.grading.infer import load_grader
 
         grader = load_grader(model, device=device)
     root = Path(images)
@@ -1498,7 +1499,7 @@ def evaluate_ablation(
 
     Each configuration ``config1``..``config5`` is taken from ``models`` (name -> model
     path), from existing scan outputs ``tiles_root/<config>/<stem>/``, or trained
-    from ``train_pool`` with :mod:`convfocus.train` presets (``steps`` to shorten).
+    from ``train_pool`` with :mod:`convfocus.training.train` presets (``steps`` to shorten).
     Each is evaluated with :func:`evaluate_grades` into ``out/<config>/``; writes
     ``ablation.json`` and ``ablation.md`` (shaped like the paper's Table 2).
 
@@ -1516,7 +1517,7 @@ def evaluate_ablation(
         elif tiles_root is not None and (Path(tiles_root) / name).is_dir():
             chosen[name] = {"tiles": Path(tiles_root) / name}
         elif train_pool is not None:
-            from convfocus.train import preset_config, train
+            from convfocus.training.train import preset_config, train
 
             cfg = preset_config(name, steps=steps)
             log.info("training %s", name)

@@ -207,11 +207,11 @@ def load_grader(
     ``onnx`` (ONNX Runtime), ``torch`` or ``auto`` (ONNX Runtime on CPU, and on CUDA
     when its CUDA provider is installed; PyTorch otherwise). ``precision``: ``fp32``;
     ``int8`` runs ``NAME.int8.onnx`` with ONNX Runtime on the CPU (made by
-    :func:`convfocus.checkpoint.quantize_onnx` when absent); ``fp16`` runs PyTorch on
+    :func:`convfocus.training.checkpoint.quantize_onnx` when absent); ``fp16`` runs PyTorch on
     CUDA under autocast. ``dense``: grade regions with one pass of the conv stack instead of
     cutting out their windows (faster, not exact; see the module docstring).
     """
-    from convfocus.checkpoint import load_spec, resolve_model_path
+    from convfocus.training.checkpoint import load_spec, resolve_model_path
 
     if device not in DEVICES:
         raise ConfigError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
@@ -269,7 +269,11 @@ def _onnx_grader(
     convolution when the graph allows (one pass uint8 -> float32 instead of three)."""
     import onnx
 
-    from convfocus.checkpoint import ONNX_INPUT_NORMALISED, ONNX_INPUT_RGB, fold_normalisation
+    from convfocus.training.checkpoint import (
+        ONNX_INPUT_NORMALISED,
+        ONNX_INPUT_RGB,
+        fold_normalisation,
+    )
 
     if not path.is_file():
         raise ModelError("no ONNX graph beside the model", path)
@@ -312,7 +316,7 @@ def _int8_grader(
     the model, or in memory where that folder is read-only)."""
     import tempfile
 
-    from convfocus.checkpoint import ONNX_INPUT_RGB, int8_path, quantize_onnx
+    from convfocus.training.checkpoint import ONNX_INPUT_RGB, int8_path, quantize_onnx
 
     path = int8_path(base)
     graph: bytes | str = str(path)
@@ -343,7 +347,7 @@ def _torch_grader(
     fp16 autocast if asked."""
     import torch
 
-    from convfocus.checkpoint import load_model
+    from convfocus.training.checkpoint import load_model
 
     net, _ = load_model(base)
     dev = torch.device(device)

@@ -42,7 +42,7 @@ def _field(size: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _write_list(path: Path, rows: list[list[object]]) -> None:
-    from convfocus.report import write_text_atomic
+    from convfocus.grading.report import write_text_atomic
 
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(rows)
@@ -60,8 +60,8 @@ def make_focuspath_standin(
     seed: int = 0,
 ) -> BenchmarkStandin:
     """A FocusPath-format stand-in: each field at every z, blur radius ``blur_px_per_z |z|``."""
-    from convfocus.defocus import apply_blur
-    from convfocus.slide import write_image
+    from convfocus.io.slide import write_image
+    from convfocus.synthesis.defocus import apply_blur
 
     out = Path(out_dir)
     images = out / "images"
@@ -88,8 +88,8 @@ def make_tcga_focus_standin(
     seed: int = 0,
 ) -> BenchmarkStandin:
     """A TCGA@Focus-format stand-in: in-focus patches and bokeh-blurred (class 12-25) ones."""
-    from convfocus.defocus import apply_blur, sample_blur_param
-    from convfocus.slide import write_image
+    from convfocus.io.slide import write_image
+    from convfocus.synthesis.defocus import apply_blur, sample_blur_param
 
     out = Path(out_dir)
     images = out / "images"

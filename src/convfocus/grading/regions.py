@@ -1,7 +1,7 @@
 """Class map -> connected OOF regions (GeoJSON), the OOF pattern, and verdict profiles.
 
 A class map is an integer grid ``(rows, cols)`` of OOF classes 0..29 with -1
-where there is no tissue (see :mod:`convfocus.heatmap`). Everything here is pure.
+where there is no tissue (see :mod:`convfocus.grading.heatmap`). Everything here is pure.
 
 The paper distinguishes three kinds of OOF in decreasing severity: *global*
 (the whole slide, e.g. the scanner focused on coverslip debris), *regional*
@@ -28,7 +28,7 @@ from scipy import ndimage
 
 from convfocus import NUM_CLASSES
 from convfocus.errors import ConfigError
-from convfocus.heatmap import BUCKETS, GridGeometry, check_classmap
+from convfocus.grading.heatmap import BUCKETS, GridGeometry, check_classmap
 
 __all__ = [
     "BUCKETS",
@@ -277,7 +277,7 @@ def oof_regions(
     classmap
         ``(rows, cols)`` classes, -1 = no tissue.
     grid
-        Grid geometry in level-0 pixels (:class:`~convfocus.heatmap.GridGeometry` or
+        Grid geometry in level-0 pixels (:class:`~convfocus.grading.heatmap.GridGeometry` or
         the ``summary.json`` ``grid`` dict).
     min_class
         Lowest class counted as OOF (default 10: buckets 10-14 and above).

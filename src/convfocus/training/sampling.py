@@ -23,7 +23,7 @@ import numpy as np
 
 from convfocus import MODEL_MPP
 from convfocus.errors import ConfigError, NoTissueError, OutputError, PixelSizeError
-from convfocus.tissue import luma, tissue_mask
+from convfocus.grading.tissue import luma, tissue_mask
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def mean_luma(rgb: np.ndarray) -> float:
 
 def find_slides(paths: Iterable[str | Path]) -> list[Path]:
     """Files as given, and the slide files directly inside any folder given."""
-    from convfocus.slide import supported_suffixes
+    from convfocus.io.slide import supported_suffixes
 
     found: list[Path] = []
     for p in map(Path, paths):
@@ -175,7 +175,7 @@ def sample_slide(
     Raises PixelSizeError when the pixel size is unknown, NoTissueError when no
     patch fits on tissue.
     """
-    from convfocus.slide import open_slide
+    from convfocus.io.slide import open_slide
 
     slide = open_slide(path, mpp=mpp)
     try:
@@ -239,7 +239,7 @@ def sample_patches(
     References: K = 8 (AT2) or 24 (NanoZoomer XR); 300 px at 40x (Kohlberger et al. 2019).
     """
     from convfocus.errors import ConvFocusError
-    from convfocus.slide import write_image
+    from convfocus.io.slide import write_image
 
     _check_settings(k, n_candidates, patch_px, min_tissue, target_mpp)
     if not slides:

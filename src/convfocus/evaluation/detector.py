@@ -2,7 +2,7 @@
 
 It is NOT a cancer detector. It scores each RGB window by the share of pixels
 with DAB (brown) detail at several scales, which is what the example labels of
-:mod:`convfocus.examples.detector_data` reward; blur removes that detail, so its
+:mod:`convfocus.evaluation.detector_data` reward; blur removes that detail, so its
 AUC falls with defocus, like a real detector's would. Use it to see the two
 detector experiments run; plug in a real model with ``--detector module:function``.
 """

@@ -149,8 +149,8 @@ def grade_slide(
     progress: Callable[[int, int], None] | None = None,
 ) -> Grading:
     """Grade every tissue window of an open slide."""
-    from convfocus.tiling import make_grid
-    from convfocus.tissue import tissue_mask
+    from convfocus.grading.tiling import make_grid
+    from convfocus.grading.tissue import tissue_mask
 
     t0 = time.perf_counter()
     spec = grader.spec
@@ -332,8 +332,8 @@ def scan_path(
     Returns the output folder. Raises :class:`ConvFocusError` subclasses for expected
     failures; no partial output folder is left behind.
     """
-    from convfocus.infer import load_grader
-    from convfocus.slide import open_slide
+    from convfocus.grading.infer import load_grader
+    from convfocus.io.slide import open_slide
 
     opts = options or ScanOptions(model=model, mpp=mpp, native=native, profile=profile,
                                   device=device)
@@ -386,8 +386,8 @@ def write_outputs(
     *, runtime_start: float,
 ) -> None:
     """Write every output file of one slide into ``folder``; summary.json last."""
-    from convfocus import heatmap, regions, report
-    from convfocus.slide import write_png
+    from convfocus.grading import heatmap, regions, report
+    from convfocus.io.slide import write_png
 
     spec = grader.spec
     blur_mpp = g.extra["slide_mpp"] if opts.native else spec.mpp

@@ -27,9 +27,9 @@ import torch
 from torch.nn import functional as F
 
 from convfocus import MODEL_MPP, NUM_CLASSES, __version__
-from convfocus.defocus import SynthesisConfig, sample_synthesis, synthesize
 from convfocus.errors import ConfigError
-from convfocus.model import build_model
+from convfocus.synthesis.defocus import SynthesisConfig, sample_synthesis, synthesize
+from convfocus.training.model import build_model
 from convfocus.types import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -325,8 +325,8 @@ def train(
     ``out/ckpt.pt`` is written every ``ckpt_every`` steps and on exit; rerunning
     the same command resumes from it. ``out/log.jsonl`` has one line per report.
     """
-    from convfocus.checkpoint import save_model
-    from convfocus.pool import load_pool
+    from convfocus.training.checkpoint import save_model
+    from convfocus.training.pool import load_pool
 
     out.mkdir(parents=True, exist_ok=True)
     train_x, train_rows = load_pool(pool, "train")
@@ -357,7 +357,7 @@ def train(
         step, best = state["step"], state.get("best")
         log.info("resumed from step %d", step)
     elif init is not None:
-        from convfocus.checkpoint import load_model
+        from convfocus.training.checkpoint import load_model
 
         src, src_spec = load_model(init)
         if src_spec.arch != cfg.arch:

@@ -26,8 +26,8 @@ import numpy as np
 
 from convfocus import NUM_CLASSES, __version__
 from convfocus.errors import OutputError
-from convfocus.heatmap import GridGeometry, bucket_colors, check_classmap, class_colors
-from convfocus.regions import (
+from convfocus.grading.heatmap import GridGeometry, bucket_colors, check_classmap, class_colors
+from convfocus.grading.regions import (
     BUCKETS,
     PROFILES,
     SEVERITY_COLORS,
@@ -102,7 +102,7 @@ def build_summary(
     probs
         Optional ``(rows, cols, num_classes)`` probabilities, for the mean expected class.
     geojson
-        The slide's OOF regions (:func:`~convfocus.regions.oof_regions`); computed
+        The slide's OOF regions (:func:`~convfocus.grading.regions.oof_regions`); computed
         when not given.
     oof_min_class
         Class from which a cell counts as OOF for ``oof_share`` and the pattern.

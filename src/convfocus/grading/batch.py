@@ -23,7 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from convfocus.errors import ConfigError, ConvFocusError, OutputError
-from convfocus.scan import ScanOptions, ensure_output_root, is_complete, output_dir, scan_path
+from convfocus.grading.scan import (
+    ScanOptions,
+    ensure_output_root,
+    is_complete,
+    output_dir,
+    scan_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +50,7 @@ class SlideResult:
 
 
 def _slide_suffixes() -> tuple[str, ...]:
-    from convfocus.slide import supported_suffixes
+    from convfocus.io.slide import supported_suffixes
 
     return tuple(s.lower() for s in supported_suffixes)
 
@@ -109,7 +115,7 @@ def _cached_grader(
     model: str | None, device: str, backend: str, threads: int | None, precision: str = "fp32",
     dense: bool = False,
 ) -> Any:
-    from convfocus.infer import load_grader
+    from convfocus.grading.infer import load_grader
 
     return load_grader(model, device=device, backend=backend, threads=threads,
                        precision=precision, dense=dense)
@@ -308,7 +314,7 @@ def write_index(out_root: Path, results: Iterable[SlideResult]) -> None:
     """``OUT/index.csv`` and ``OUT/index.html`` over every slide of the batch."""
     import json
 
-    from convfocus import report
+    from convfocus.grading import report
 
     rows = []
     for r in results:

@@ -20,7 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from convfocus.defocus import apply_blur, class_interval
+from convfocus.synthesis.defocus import apply_blur, class_interval
 
 #: Classes whose interval-centre bokeh radius is applied in the blur-response check.
 BLUR_STEPS = (0, 4, 8, 12, 16, 20, 24, 28)
@@ -36,7 +36,7 @@ def windows_of(rgb: np.ndarray, *, window: int = 139, stride: int = 128) -> np.n
 
 def tissue_windows(rgb: np.ndarray, *, min_tissue: float = 0.5) -> np.ndarray:
     """Windows with at least ``min_tissue`` tissue (luma rule)."""
-    from convfocus.tissue import tissue_mask
+    from convfocus.grading.tissue import tissue_mask
 
     wins = windows_of(rgb)
     if len(wins) == 0:
@@ -96,9 +96,9 @@ def magnification(grader: Any, rgb: np.ndarray, factors=(0.5, 1.0, 2.0)) -> dict
 def synthetic_validation(grader: Any, pool: Path, *, per_class: int = 40, seed: int = 1234) -> dict:
     """Accuracy on a fixed synthetic set from the pool's validation sources (default
     synthesis settings), so that different models are compared on the same examples."""
-    from convfocus.defocus import SynthesisConfig
-    from convfocus.pool import load_pool
-    from convfocus.train import classification_metrics, validation_set
+    from convfocus.synthesis.defocus import SynthesisConfig
+    from convfocus.training.pool import load_pool
+    from convfocus.training.train import classification_metrics, validation_set
 
     val_x, _ = load_pool(pool, "val")
     xs, ys = validation_set(val_x, SynthesisConfig(), per_class=per_class, seed=seed)
@@ -110,7 +110,7 @@ def run_checks(grader: Any, shared_data: Path | None = None) -> dict[str, Any]:
     """Every check, on scikit-image's IHC image (held out) and ../shared/data where present."""
     from skimage import data
 
-    from convfocus.pool import KNOWN_MPP, resample_to
+    from convfocus.training.pool import KNOWN_MPP, resample_to
 
     ihc = resample_to(data.immunohistochemistry(), KNOWN_MPP["skimage-ihc.png"] or 0.25)
     res: dict[str, Any] = {
@@ -121,7 +121,7 @@ def run_checks(grader: Any, shared_data: Path | None = None) -> dict[str, Any]:
         "magnification_ihc": magnification(grader, ihc),
     }
     if shared_data is not None and shared_data.is_dir():
-        from convfocus.slide import read_image
+        from convfocus.io.slide import read_image
 
         oof = shared_data / "real-oof"
         ins = sorted(oof.glob("*infocus*.png"))

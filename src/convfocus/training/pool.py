@@ -23,7 +23,7 @@ import numpy as np
 
 from convfocus import MODEL_MPP
 from convfocus.errors import ConfigError, ConvFocusError
-from convfocus.tissue import luma, tissue_mask
+from convfocus.grading.tissue import luma, tissue_mask
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def build_pool(
     native 40x tissue, the sharpest reference for class 0, is not outnumbered by
     20x tissue, whose upsampling itself blurs by a few classes.
     """
-    from convfocus.slide import open_slide, write_png
+    from convfocus.io.slide import open_slide, write_png
 
     rng = np.random.default_rng(seed)
     overrides = dict(KNOWN_MPP)
@@ -268,7 +268,7 @@ def read_manifest(pool: Path) -> list[dict[str, str]]:
 
 def load_pool(pool: Path, split: str | None = None) -> tuple[np.ndarray, list[dict[str, str]]]:
     """All patches of a pool (optionally one split) as one uint8 array (n, 300, 300, 3)."""
-    from convfocus.slide import read_image
+    from convfocus.io.slide import read_image
 
     rows = read_manifest(pool)
     if split is not None:

@@ -1,0 +1,1 @@
+"""convfocus.evaluation"""
