@@ -357,3 +357,32 @@ def test_jpeg_error_falls_with_quality(tissue: np.ndarray) -> None:
     assert all(b < a for a, b in itertools.pairwise(err)), err
     out = jpeg_roundtrip(tissue, 80)
     assert out.dtype == np.uint8 and out.shape == tissue.shape
+
+
+def test_vary_stain_identity_and_dab_turns_eosin_brown():
+    from skimage import data
+
+    from convfocus.synthesis.defocus import vary_stain
+
+    ihc = data.immunohistochemistry()[:200, :200]
+    assert vary_stain(ihc, (1.0, 1.0, 0.0)) is ihc
+    # unmixing and remixing with factors 1 loses at most rounding
+    same = vary_stain(ihc, (1.0, 1.0 + 1e-9, 0.0))
+    assert np.abs(same.astype(int) - ihc.astype(int)).max() <= 2
+    he = np.full((8, 8, 3), (230, 120, 190), np.uint8)  # eosin pink
+    brown = vary_stain(he, (1.0, 1.0, 1.0))
+    r, g, b = brown[0, 0].astype(int)
+    assert r > g > b  # DAB brown: red over green over blue
+    pale = vary_stain(he, (0.5, 0.5, 0.0))
+    dark = vary_stain(he, (2.0, 2.0, 0.0))
+    assert pale.mean() > he.mean() > dark.mean()
+
+
+def test_stain_variation_off_draws_the_paper_parameters():
+    from convfocus.synthesis.defocus import SynthesisConfig, sample_synthesis
+
+    a = sample_synthesis(7, np.random.default_rng(3), SynthesisConfig())
+    b = sample_synthesis(7, np.random.default_rng(3), SynthesisConfig(stain_prob=0.0))
+    assert a == b and a.stain == (1.0, 1.0, 0.0)
+    c = sample_synthesis(7, np.random.default_rng(3), SynthesisConfig(stain_prob=1.0))
+    assert c.stain != (1.0, 1.0, 0.0) and c.blur == a.blur

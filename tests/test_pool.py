@@ -111,3 +111,25 @@ def test_pool_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         build_pool([white], tmp_path / "pool", mpp_overrides={"white.png": 0.25},
                    include_skimage_ihc=False)
+
+
+def test_manifest_mpp_reads_the_leading_number(tmp_path):
+    from convfocus.training.pool import manifest_mpp
+
+    (tmp_path / "MANIFEST.csv").write_text(
+        'file,mpp\nsub/a.png,"0.25 (40x, dataset)"\nb.png,unknown\nc.png,nan\n')
+    assert manifest_mpp(tmp_path) == {"a.png": 0.25}
+    assert manifest_mpp(tmp_path / "missing") == {}
+
+
+def test_textureless_check_image_never_enters_the_pool(tmp_path):
+    from convfocus.training.pool import CHECK_ONLY, build_pool
+
+    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "infocus"
+    src = data / "histolab-very-low-nuclei-score-level0.png"
+    if not src.is_file():
+        pytest.skip("../shared/data absent")
+    assert src.name in CHECK_ONLY
+    keep = data / "histolab-tcga-lung-rgb.png"
+    entries = build_pool([src, keep], tmp_path / "pool", include_skimage_ihc=False)
+    assert {e.source for e in entries} == {keep.name}

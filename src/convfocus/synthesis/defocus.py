@@ -139,6 +139,14 @@ class SynthesisConfig:
     #: noise down with the contrast).
     veil_prob: float = 0.0
     veil_range: tuple[float, float] = (0.2, 1.0)
+    #: Stain variation (not in the paper): with this probability the tissue is unmixed
+    #: into haematoxylin, eosin and DAB optical densities (Ruifrok & Johnston), H and E
+    #: are each scaled by a factor log-uniform in ``stain_range`` (pale to dark stains)
+    #: and a share U(0, ``dab_max``) of the eosin density becomes DAB brown (IHC), before
+    #: the blur. 0 = the paper's synthesis.
+    stain_prob: float = 0.0
+    stain_range: tuple[float, float] = (0.5, 2.0)
+    dab_max: float = 1.0
 
     def with_(self, **kw: object) -> SynthesisConfig:
         return replace(self, **kw)  # type: ignore[arg-type]
@@ -158,6 +166,7 @@ class SynthesisParams:
     fold_blur: float = 0.0  # fold: blur parameter of the overlying layer
     density: float = 1.0  # factor on the optical density of the tissue (1 = as scanned)
     veil: float = 1.0  # contrast factor before noise and JPEG (1 = none)
+    stain: tuple[float, float, float] = (1.0, 1.0, 0.0)  # H factor, E factor, E share to DAB
 
 
 def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -193,7 +202,11 @@ def sample_synthesis(
     veil = 1.0
     if config.veil_prob > 0 and rng.random() < config.veil_prob:
         veil = _log_uniform(rng, *config.veil_range)
-    return SynthesisParams(c, blur, s, q, seed, share, fold_w, fold_blur, density, veil)
+    stain = (1.0, 1.0, 0.0)
+    if config.stain_prob > 0 and rng.random() < config.stain_prob:
+        stain = (_log_uniform(rng, *config.stain_range), _log_uniform(rng, *config.stain_range),
+                 float(rng.uniform(0.0, config.dab_max)))
+    return SynthesisParams(c, blur, s, q, seed, share, fold_w, fold_blur, density, veil, stain)
 
 
 @lru_cache(maxsize=64)
@@ -208,6 +221,29 @@ def scale_density(rgb: np.ndarray, density: float) -> np.ndarray:
     if d_q == 100:
         return rgb
     return _density_lut(d_q)[rgb]
+
+
+#: Stain vectors (rows: haematoxylin, eosin, DAB) in optical density, as in scikit-image's
+#: ``rgb2hed``. References: Ruifrok & Johnston, Anal Quant Cytol Histol 2001.
+_HED_RGB = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+_HED_RGB /= np.linalg.norm(_HED_RGB, axis=1, keepdims=True)
+_RGB_HED = np.linalg.inv(_HED_RGB)
+
+
+def vary_stain(rgb: np.ndarray, stain: tuple[float, float, float]) -> np.ndarray:
+    """Rescale the H and E optical densities of a uint8 RGB image and turn a share of E into DAB."""
+    h_f, e_f, dab = stain
+    if h_f == 1.0 and e_f == 1.0 and dab == 0.0:
+        return rgb
+    od = -np.log((rgb.astype(np.float32) + 1.0) / 256.0)
+    conc = od.reshape(-1, 3) @ _RGB_HED.astype(np.float32)
+    e = conc[:, 1] * np.float32(e_f)
+    conc[:, 0] *= np.float32(h_f)
+    conc[:, 1] = e * np.float32(1.0 - dab)
+    conc[:, 2] += e * np.float32(dab)
+    od2 = (conc @ _HED_RGB.astype(np.float32)).reshape(rgb.shape)
+    out = 256.0 * np.exp(-od2) - 1.0
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 # --- kernels -----------------------------------------------------------------------------------
@@ -445,6 +481,8 @@ def synthesize(
     when ``params.fold_weight > 0``: transmittances multiply (optical densities add),
     ``T = T_patch * T_overlay ** fold_weight``, before noise and JPEG.
     """
+    if params.stain != (1.0, 1.0, 0.0):
+        patch = vary_stain(patch, params.stain)
     if params.density != 1.0:
         patch = scale_density(patch, params.density)
     m = kernel_half_width(config.kind, params.blur)

@@ -55,13 +55,26 @@ KNOWN_MPP: dict[str, float | None] = {
     "histoprep-slide-with-ink.jpeg": None,  # low-magnification overview
 }
 
-#: Sources held out for validation (split by source, never by patch).
+#: Sources held out for validation (split by source, never by patch): four of
+#: ``infocus`` and seven native-40x images of ``infocus-40x`` from seven organs
+#: (lung, breast, kidney, prostate, stomach, colon, brain).
 DEFAULT_VALIDATION = (
     "skimage-ihc.png",
     "stardist-histo.jpg",
     "histoqc-template4.png",
     "histolab-tissue-level0-7352-11762-7864-12274.png",
+    "TCGA-49-4488-01Z-00-DX1.png",
+    "TCGA-E2-A14V-01Z-00-DX1.png",
+    "TCGA-B0-5711-01Z-00-DX1.png",
+    "TCGA-G9-6363-01Z-00-DX1.png",
+    "TCGA-RD-A8N9-01A-01-TS1.png",
+    "TCGA-NH-A8F7-01A-01-TS1.png",
+    "cpm15_image12.png",
 )
+
+#: Images kept for the grader checks only, never cut into the pool: the sharp but
+#: nearly textureless image must grade near 0, which means little if it was trained on.
+CHECK_ONLY = frozenset({"histolab-very-low-nuclei-score-level0.png"})
 
 
 @dataclass(frozen=True)
@@ -145,8 +158,31 @@ def default_sources(shared_data: Path | None) -> list[Path]:
     sources: list[Path] = []
     if shared_data is not None and shared_data.is_dir():
         sources += sorted((shared_data / "infocus").glob("*"))
+        sources += sorted((shared_data / "infocus-40x").glob("*/*.png"))
         sources += sorted((shared_data / "slides").glob("*.svs"))
     return sources
+
+
+def manifest_mpp(folder: Path) -> dict[str, float]:
+    """Pixel sizes from a source folder's ``MANIFEST.csv`` (columns ``file`` and ``mpp``).
+
+    The ``mpp`` cell starts with the number (``"0.25 (40x, dataset)"``); rows whose
+    cell does not are skipped. Keys are file names (``monuseg/x.png`` -> ``x.png``).
+    """
+    path = folder / "MANIFEST.csv"
+    out: dict[str, float] = {}
+    if not path.is_file():
+        return out
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            head = (row.get("mpp") or "").split(" ", 1)[0]
+            try:
+                mpp = float(head)
+            except ValueError:
+                continue
+            if np.isfinite(mpp) and mpp > 0:
+                out[Path(row.get("file", "")).name] = mpp
+    return out
 
 
 def build_pool(
@@ -178,6 +214,8 @@ def build_pool(
 
     rng = np.random.default_rng(seed)
     overrides = dict(KNOWN_MPP)
+    for folder in sorted({q for p in sources for q in (p.parent, p.parent.parent)}):
+        overrides.update(manifest_mpp(folder))
     overrides.update(mpp_overrides or {})
     val = set(validation)
     (out / "patches").mkdir(parents=True, exist_ok=True)
@@ -186,6 +224,9 @@ def build_pool(
     items: list[tuple[str, np.ndarray, float, str]] = []
     for path in sources:
         name = path.name
+        if name in CHECK_ONLY:
+            log.info("%s: left out (a check image, never trained on)", name)
+            continue
         if name in overrides and overrides[name] is None:
             log.info("%s: left out (too coarse for 40x tissue)", name)
             continue
@@ -199,7 +240,14 @@ def build_pool(
             continue
         try:
             mpp = slide.mpp
-            how = "metadata" if name not in overrides else "estimated by eye (nuclear size)"
+            if name in (mpp_overrides or {}):
+                how = "given"
+            elif name in KNOWN_MPP:
+                how = "estimated by eye (nuclear size)"
+            elif name in overrides:
+                how = "source manifest"
+            else:
+                how = "metadata"
             if mpp is None or mpp > max_mpp:
                 log.info("%s: left out (pixel size %s µm/px > %s)", name, mpp, max_mpp)
                 continue

@@ -99,6 +99,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     # ... plus a contrast veil before the scanner's noise and JPEG
     "config4-veil": {"arch": "paper",
                      "synthesis": SynthesisConfig("bokeh", density_prob=0.5, veil_prob=0.5)},
+    # grader v2: the whole pool with native-40x tissue, stain variation reaching DAB-brown
+    # IHC, stain density, and the JPEG qualities scanners write (Aperio: 30)
+    "v2": {"arch": "paper",
+           "synthesis": SynthesisConfig("bokeh", density_prob=0.4, stain_prob=0.5,
+                                        jpeg_quality=(30, 90))},
+    "v2-large": {"arch": "large",
+                 "synthesis": SynthesisConfig("bokeh", density_prob=0.4, stain_prob=0.5,
+                                              jpeg_quality=(30, 90))},
 }
 
 
