@@ -269,7 +269,7 @@ def test_fold_multiplies_transmittance_of_the_second_layer(tissue: np.ndarray) -
 
 
 def test_fold_examples_keep_the_label_of_the_dominant_layer() -> None:
-    from convfocus.training.train import make_example
+    from convfocus.training.dataset import make_example
 
     patches = np.stack([np.full((300, 300, 3), v, np.uint8) for v in (200, 120)])
     cfg = SynthesisConfig(fold_prob=1.0, noise=False, jpeg=False)

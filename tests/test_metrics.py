@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 from scipy import stats
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from convfocus.evaluation import metrics
+from convfocus import metrics
+from convfocus.types import OOF_BUCKETS
 
 
 @pytest.fixture()
@@ -66,11 +68,41 @@ def test_degenerate_inputs_give_nan_not_errors() -> None:
         metrics.roc_auc([0, 2], [0.1, 0.2])
 
 
+def test_constant_input_is_nan_without_warnings() -> None:
+    """One rule for a constant input: the correlation is undefined (NaN), silently."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for fn in (metrics.spearman, metrics.pearson):
+            for x, y in (([1, 2, 3], [4, 4, 4]), ([2, 2, 2, 2], [1, 2, 3, 4])):
+                got = fn(x, y)
+                assert math.isnan(got.r) and math.isnan(got.p_value) and got.n == len(x)
+        fit = metrics.linregress([1, 2, 3], [5, 5, 5])
+    assert fit.slope == 0.0 and fit.intercept == 5.0
+    assert math.isnan(fit.r) and math.isnan(fit.p_value)
+    two = metrics.spearman([1, 2], [2, 1])  # r defined, no degree of freedom for a test
+    assert two.r == pytest.approx(-1.0) and math.isnan(two.p_value)
+
+
+def test_classification_metrics_known_cases() -> None:
+    y = np.repeat(np.arange(30), 2)
+    perfect = metrics.classification_metrics(y, y)
+    assert perfect["exact"] == perfect["within1"] == perfect["within3"] == 1.0
+    assert perfect["spearman"] == pytest.approx(1.0) and perfect["n"] == 60
+    assert perfect["mean_pred_per_class"] == [float(c) for c in range(30)]
+    off = metrics.classification_metrics(y, np.minimum(y + 2, 29))
+    assert off["exact"] == pytest.approx(2 / 60)  # class 29 stays
+    assert off["within1"] == pytest.approx(4 / 60)  # and 28 moves by one
+    assert off["within3"] == 1.0
+    # a collapsed grader (one class for everything): Spearman undefined, reported as 0
+    collapsed = metrics.classification_metrics(y, np.zeros_like(y))
+    assert collapsed["spearman"] == 0.0 and collapsed["exact"] == pytest.approx(2 / 60)
+
+
 def test_perfect_and_reversed_correlation() -> None:
     x = np.arange(10.0)
     assert metrics.spearman(x, x**3).r == pytest.approx(1.0)
     assert metrics.spearman(x, -x).r == pytest.approx(-1.0)
-    assert metrics.spearman(x, x).p_value == 0.0
+    assert metrics.spearman(x, x).p_value < 1e-50
 
 
 @pytest.mark.parametrize("ties", [False, True])
@@ -106,6 +138,7 @@ def test_balanced_resample_gives_equal_strata(rng: np.random.Generator) -> None:
 def test_bucket_index_uses_paper_buckets() -> None:
     got = metrics.bucket_index([0, 4, 5, 9, 10, 14, 15, 19, 20, 29, 30, -1])
     assert got.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, -1, -1]
+    assert OOF_BUCKETS == ((0, 4), (5, 9), (10, 14), (15, 19), (20, 29))
 
 
 def test_group_folds_keep_groups_together(rng: np.random.Generator) -> None:

@@ -14,8 +14,9 @@ from convfocus.io.slide import write_png
 from convfocus.synthesis.defocus import SynthesisConfig
 from convfocus.training import train as train_mod
 from convfocus.training.checkpoint import load_model
+from convfocus.training.dataset import Augment, augment, make_example
 from convfocus.training.pool import build_pool
-from convfocus.training.train import Augment, augment, make_example, preset_config, train
+from convfocus.training.train import preset_config, train
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,11 @@ from typing import Any
 
 from convfocus import MODEL_MPP, NUM_CLASSES
 
+#: OOF class buckets (inclusive bounds): the class groups of the detector experiment and
+#: of a scan's report. References: Kohlberger et al. 2019, Results and Figure 11:
+#: buckets 0-4, 5-9, 10-14, 15-19, 20-29.
+OOF_BUCKETS: tuple[tuple[int, int], ...] = ((0, 4), (5, 9), (10, 14), (15, 19), (20, 29))
+
 
 @dataclass(frozen=True)
 class ModelSpec:

@@ -30,9 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from convfocus import NUM_CLASSES
+from convfocus import NUM_CLASSES, metrics
 from convfocus.errors import AnnotationError, ConfigError, OutputError
-from convfocus.evaluation import metrics
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from convfocus import NUM_CLASSES
-from convfocus.evaluation.metrics import OOF_BUCKETS as BUCKETS
+from convfocus.types import OOF_BUCKETS as BUCKETS
 
 LEGEND_LABEL = "OOF class (0 in focus .. 29 strongly out of focus)"
 

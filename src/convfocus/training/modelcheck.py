@@ -96,9 +96,10 @@ def magnification(grader: Any, rgb: np.ndarray, factors=(0.5, 1.0, 2.0)) -> dict
 def synthetic_validation(grader: Any, pool: Path, *, per_class: int = 40, seed: int = 1234) -> dict:
     """Accuracy on a fixed synthetic set from the pool's validation sources (default
     synthesis settings), so that different models are compared on the same examples."""
+    from convfocus.metrics import classification_metrics
     from convfocus.synthesis.defocus import SynthesisConfig
+    from convfocus.training.dataset import validation_set
     from convfocus.training.pool import load_pool
-    from convfocus.training.train import classification_metrics, validation_set
 
     val_x, _ = load_pool(pool, "val")
     xs, ys = validation_set(val_x, SynthesisConfig(), per_class=per_class, seed=seed)
