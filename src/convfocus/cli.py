@@ -483,7 +483,7 @@ def _print_markdown(path: str) -> None:
 
 
 def _run_evaluate_grades(args: argparse.Namespace) -> int:
-    from convfocus.evaluation.evaluate import evaluate_grades
+    from convfocus.evaluation.grades import evaluate_grades
 
     evaluate_grades(
         args.manifest, args.out, tiles=args.tiles, model=args.model, mpp=args.mpp,
@@ -495,7 +495,7 @@ def _run_evaluate_grades(args: argparse.Namespace) -> int:
 
 
 def _run_evaluate_zstack(args: argparse.Namespace) -> int:
-    from convfocus.evaluation.evaluate import evaluate_zstack
+    from convfocus.evaluation.zstack import evaluate_zstack
 
     evaluate_zstack(args.manifest, args.out, tiles=args.tiles, model=args.model, mpp=args.mpp,
                     device=args.device, max_plot_windows=args.plot_windows, seed=args.seed)
@@ -504,7 +504,7 @@ def _run_evaluate_zstack(args: argparse.Namespace) -> int:
 
 
 def _run_evaluate_detector(args: argparse.Namespace) -> int:
-    from convfocus.evaluation.evaluate import evaluate_detector
+    from convfocus.evaluation.impact import evaluate_detector
 
     evaluate_detector(
         args.out, scores=args.scores, tiles=args.tiles, detector=args.detector,
@@ -516,7 +516,7 @@ def _run_evaluate_detector(args: argparse.Namespace) -> int:
 
 
 def _run_evaluate_benchmark(args: argparse.Namespace) -> int:
-    from convfocus.evaluation.evaluate import evaluate_benchmark
+    from convfocus.evaluation.benchmarks import evaluate_benchmark
 
     evaluate_benchmark(
         args.benchmark, args.list, args.images, args.out, model=args.model, device=args.device,
@@ -528,12 +528,19 @@ def _run_evaluate_benchmark(args: argparse.Namespace) -> int:
 
 
 def _run_evaluate_ablation(args: argparse.Namespace) -> int:
-    from convfocus.evaluation.evaluate import evaluate_ablation
+    from convfocus.evaluation.ablation import PresetTrainer, evaluate_ablation
+
+    train_preset: PresetTrainer | None = None
+    if args.train_pool is not None:  # training needs torch: imported only then
+        from convfocus.training import ablation
+
+        train_preset = ablation.train_preset
 
     evaluate_ablation(
         args.manifest, args.out, models=dict(args.configs), tiles_root=args.tiles_root,
         train_pool=args.train_pool, steps=args.steps, device=args.device, mpp=args.mpp,
         group_by=args.group_by, n_per_grade=args.per_grade, seed=args.seed,
+        train_preset=train_preset,
     )
     _print_markdown(f"{args.out}/ablation.md")
     return 0
