@@ -6,8 +6,7 @@ Small generated stand-ins with the same list formats are in
 :mod:`convfocus.evaluation.benchmark_data`. Writes ``benchmark-<kind>.json``,
 ``.png`` and ``.md``.
 
-References: FocusPath (Hosseini et al. 2019); TCGA@Focus and the published numbers:
-FocusLiteNN (Wang et al., MICCAI 2020), Table 1.
+References: published numbers from FocusLiteNN (MICCAI 2020), Table 1.
 """
 
 from __future__ import annotations
