@@ -75,3 +75,20 @@ def test_demo_writes_the_report_and_prints_its_path(tmp_path: Path, fixture_mode
     summary = json.loads((out / "demo-slide" / "summary.json").read_text())
     assert summary["dimensions"] == [truth["width"], truth["height"]]
     assert summary["model"]["name"] == "fixture"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1000", "0", "-0.25", "0.01"])
+def test_impossible_pixel_sizes_are_refused_by_the_parser(value: str, capsys, tmp_path: Path):
+    code = _exit_code(["scan", str(tmp_path / "x.svs"), "--mpp", value, "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "--mpp" in err and err.count("\n") == 1
+    assert not (tmp_path / "index.csv").exists()
+
+
+@pytest.mark.parametrize("opt,value", [("--window", "10"), ("--window", "5000"),
+                                       ("--stride", "1"), ("--stride", "0")])
+def test_impossible_windows_are_refused_by_the_parser(opt: str, value: str, capsys,
+                                                      tmp_path: Path):
+    code = _exit_code(["scan", str(tmp_path / "x.svs"), opt, value, "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and opt in err and err.count("\n") == 1

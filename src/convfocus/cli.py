@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -47,6 +48,8 @@ def _bounded(
             value = cast(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
         bad_lo = lo is not None and (value <= lo if lo_open else value < lo)
         bad_hi = hi is not None and (value >= hi if hi_open else value > hi)
         if bad_lo or bad_hi:
@@ -60,6 +63,13 @@ def _bounded(
 _unit_fraction = _bounded(float, lo=0.0, hi=1.0)
 _positive_float = _bounded(float, lo=0.0, lo_open=True)
 _positive_int = _bounded(int, lo=0, lo_open=True, what="an integer")
+#: Level-0 pixel sizes a slide can have: 0.05 µm/px (beyond any 100x scan) to 20 µm/px (a
+#: macro photograph); anything else is a typo (or mm for µm).
+_pixel_size = _bounded(float, lo=0.05, hi=20.0, hint=" µm/px")
+#: Windows and strides in model pixels: the network needs at least 64 px to see a
+#: structure, and beyond 1024 px (256 µm) a window no longer localises blur.
+_window_px = _bounded(int, lo=64, hi=1024, what="an integer", hint=" model px")
+_stride_px = _bounded(int, lo=16, hi=1024, what="an integer", hint=" model px")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -95,14 +105,16 @@ def _add_scan(sub: argparse._SubParsersAction) -> None:
                    help="one pass of the conv stack per region: a few %% faster, but window "
                    "edges see their neighbours, so about 2 %% of classes differ "
                    "(docs/performance.md)")
-    p.add_argument("--mpp", type=_positive_float, default=None,
+    p.add_argument("--mpp", type=_pixel_size, default=None,
                    help="level-0 pixel size in µm/px (overrides the file's metadata)")
     p.add_argument("--native", action="store_true",
                    help="grade level 0 as it is, without resampling to the model's 0.25 µm/px")
     p.add_argument("--profile", choices=sorted(PROFILES), default="histology",
                    help="verdict thresholds by clinical use (cytology is stricter)")
-    p.add_argument("--window", type=_positive_int, default=None, help="window in model px (139)")
-    p.add_argument("--stride", type=_positive_int, default=None, help="stride in model px (128)")
+    p.add_argument("--window", type=_window_px, default=None,
+                   help="window in model px (139; 64-1024)")
+    p.add_argument("--stride", type=_stride_px, default=None,
+                   help="stride in model px (128; 16-1024)")
     p.add_argument("--min-tissue", type=_unit_fraction, default=0.25,
                    help="grade a window when at least this share of it is tissue (0.25)")
     p.add_argument("--workers", type=_positive_int, default=1, help="local worker processes")
@@ -283,7 +295,7 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
                    help="in-focus slides or images (default: ../shared/data/infocus, else "
                         "scikit-image's IHC image)")
     p.add_argument("--pool", default=None, help="use the patches of a pool folder instead")
-    p.add_argument("--mpp", type=_positive_float, default=None,
+    p.add_argument("--mpp", type=_pixel_size, default=None,
                    help="pixel size (µm/px) of the given images, where they store none")
     p.add_argument("--per-source", type=_positive_int, default=8,
                    help="densest patches taken from each image (default 8)")
@@ -399,7 +411,7 @@ def _add_eval_common(
     if model:
         p.add_argument("--model", default=None, help="model name or path (default: shipped)")
     if mpp:
-        p.add_argument("--mpp", type=_positive_float, default=None,
+        p.add_argument("--mpp", type=_pixel_size, default=None,
                        help="level-0 pixel size (µm/px) of inputs that lack one")
     if device:
         p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -451,7 +463,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     b.add_argument("benchmark", choices=("focuspath", "tcga-focus"))
     b.add_argument("list", help="the benchmark's label list (CSV)")
     b.add_argument("--images", required=True, help="folder the list's paths are relative to")
-    b.add_argument("--image-mpp", type=_positive_float, default=None,
+    b.add_argument("--image-mpp", type=_pixel_size, default=None,
                    help="pixel size of the patches (µm/px); resampled to the model's if given")
     b.add_argument("--infocus-max-z", type=float, default=1.0,
                    help="FocusPath: |z| at most this counts as in focus (default 1)")
@@ -578,7 +590,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
                    help="least tissue fraction of a candidate patch (default 0.5)")
     p.add_argument("--allow-overlap", action="store_true",
                    help="let kept patches of a slide overlap")
-    p.add_argument("--mpp", type=_positive_float, default=None,
+    p.add_argument("--mpp", type=_pixel_size, default=None,
                    help="level-0 µm/px of the slides, overriding their metadata")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_run_sample)
