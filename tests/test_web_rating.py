@@ -88,8 +88,21 @@ def test_raters_never_see_each_others_labels(server: str) -> None:
     ({"rater": "alice", "index": -1, "label": "in-focus"}, 404),
     ({"rater": "alice", "index": "x", "label": "in-focus"}, 400),
     ({"rater": "alice", "index": True, "label": "in-focus"}, 400),
+    ({"rater": "alice", "index": "0", "label": "in-focus"}, 400),  # a string is not an index
+    ({"rater": "alice", "index": 0.0, "label": "in-focus"}, 400),
+    ({"rater": "alice", "index": None, "label": "in-focus"}, 400),
+    ({"rater": "alice", "index": [0], "label": "in-focus"}, 400),
     ({"rater": "alice", "index": 0, "label": "sharp"}, 400),
     ({"rater": "alice", "index": 0}, 400),
+    ({"rater": "a/b", "index": 0, "label": "in-focus"}, 400),
+    ({"rater": "a\\b", "index": 0, "label": "in-focus"}, 400),
+    ({"rater": "alice\x1f", "index": 0, "label": "in-focus"}, 400),  # control characters
+    ({"rater": "al\x00ice", "index": 0, "label": "in-focus"}, 400),
+    ({"rater": "al\nice", "index": 0, "label": "in-focus"}, 400),
+    ({"rater": "\u202ealice", "index": 0, "label": "in-focus"}, 400),  # bidi override
+    ({"rater": "\u0301alice", "index": 0, "label": "in-focus"}, 400),  # leading mark
+    ({"rater": "李" * 41, "index": 0, "label": "in-focus"}, 400),
+    ({"rater": 7, "index": 0, "label": "in-focus"}, 400),
 ])
 def test_label_validation(server: str, body: dict, status: int) -> None:
     got, data = get_json(server + "/api/label", method="POST", body=body)
@@ -130,6 +143,100 @@ def test_unexpected_errors_do_not_leak(folder: Path) -> None:
     with serving(Broken(folder)) as url:
         status, _, body = http(url + "/boom")
     assert status == 500 and json.loads(body) == {"error": "internal error"}
+
+
+def test_duplicate_json_keys_cannot_label_as_another_rater(server: str) -> None:
+    raw = b'{"rater": "alice", "index": 0, "label": "in-focus", "rater": "bob"}'
+    status, _, body = http(server + "/api/label", method="POST", raw=raw, headers=JSON)
+    assert status == 400 and json.loads(body) == {
+        "error": "key 'rater' given more than once in the JSON body"}
+    for rater in ("alice", "bob"):  # nothing was stored under either name
+        assert get_json(f"{server}/api/state?rater={rater}&i=0")[1]["label"] is None
+    nested = b'{"rater": "alice", "index": 0, "label": "in-focus", "x": {"a": 1, "a": 2}}'
+    assert http(server + "/api/label", method="POST", raw=nested, headers=JSON)[0] == 400
+
+
+def test_unicode_rater_names_are_stored_and_exported(folder: Path, tmp_path: Path) -> None:
+    with serving(RatingApp(folder)) as url:
+        status, p = get_json(url + "/api/session", method="POST", body={"rater": "Zoë"})
+        assert status == 200 and p["rater"] == "Zoë"
+        # the same rater in another case or in decomposed form (e + combining diaeresis)
+        assert _label(url, "ZOË", 0, "in-focus")[0] == 200
+        assert _label(url, "Zoe\u0308", 1, "out-focus")[0] == 200
+        for rater in ("José", "李"):
+            assert _label(url, rater, 0, "in-focus")[0] == 200
+        status, s = get_json(url + "/api/state?rater=zo%C3%AB&i=0")
+        assert status == 200 and s["label"] == "in-focus" and s["done"] == 2
+        assert get_json(url + "/api/state?rater=%E6%9D%8E&i=0")[1]["done"] == 1
+        assert get_json(url + "/api/state?rater=Jos%C3%A9&i=1")[1]["label"] is None
+    labels = RatingStore(folder / "ratings.sqlite").all_labels()
+    patch0 = next(iter(csv.DictReader((folder / "manifest.csv").open())))["patch"]
+    assert labels[patch0] == {"Zoë": "in-focus", "José": "in-focus", "李": "in-focus"}
+    stats = export_consensus(folder, tmp_path / "pool", min_raters=3)
+    assert stats["consensus_in_focus"] == 1
+    raw = (tmp_path / "pool" / "agreement.json").read_bytes()
+    assert "Zoë".encode() in raw and "李".encode() in raw  # UTF-8, not \u escapes
+    assert json.loads(raw.decode("utf-8"))["raters"] == {"José": 1, "Zoë": 2, "李": 1}
+
+
+def _exchange(url: str, data: bytes, *, wait: float = 10.0) -> tuple[bytes, bool, float]:
+    """Send raw bytes; (everything received, whether the server closed, seconds taken)."""
+    import socket
+
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    t0 = time.monotonic()
+    received, closed = b"", False
+    with socket.create_connection((host, int(port)), timeout=wait) as sock:
+        sock.sendall(data)
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+            closed = True
+        except TimeoutError:
+            pass
+    return received, closed, time.monotonic() - t0
+
+
+def test_false_content_length_does_not_hold_the_connection(folder: Path) -> None:
+    head = (b"POST /api/label HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n")
+    with serving(RatingApp(folder), request_timeout_s=0.5) as url:
+        got, closed, seconds = _exchange(url, head + b'{"rater": "alice"}')
+        assert got.startswith(b"HTTP/1.1 408 ") and b"Connection: close\r\n" in got
+        assert closed and seconds < 5
+        # an idle connection that never sends a request is dropped too
+        got, closed, seconds = _exchange(url, b"")
+        assert got == b"" and closed and seconds < 5
+    with pytest.raises(ConfigError, match="timeout"), serving(RatingApp(folder),
+                                                             request_timeout_s=0):
+        pass
+
+
+def test_error_before_the_body_closes_the_connection(server: str) -> None:
+    # the unread body must not be read as a second request on the same connection
+    smuggled = b"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    for host, status in ((b"evil.example", b"421"), (b"127.0.0.1", b"415")):
+        request = (b"POST /api/label HTTP/1.1\r\nHost: " + host + b"\r\n"
+                   b"Content-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(smuggled))
+        got, closed, _ = _exchange(server, request + smuggled + smuggled)
+        if status == b"421":  # refused before the body was read: one answer, then close
+            assert got.count(b"HTTP/1.1 ") == 1 and b"Connection: close\r\n" in got
+            assert got.startswith(b"HTTP/1.1 421 ") and closed
+        else:  # the body was read: the connection stays usable for the next request
+            assert got.startswith(b"HTTP/1.1 415 ") and got.count(b"HTTP/1.1 200 ") == 1
+    too_big = (b"POST /api/label HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+               b"Content-Type: application/json\r\nContent-Length: 9999999\r\n\r\n")
+    got, closed, _ = _exchange(server, too_big + smuggled)
+    assert got.startswith(b"HTTP/1.1 413 ") and got.count(b"HTTP/1.1 ") == 1 and closed
+    chunked = (b"POST /api/label HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+               b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"2\r\n{}\r\n0\r\n\r\n")
+    got, closed, _ = _exchange(server, chunked + smuggled)
+    assert got.startswith(b"HTTP/1.1 411 ") and got.count(b"HTTP/1.1 ") == 1 and closed
+    # a request line the parser refuses gets a JSON answer too (never HTML), then close
+    got, closed, _ = _exchange(server, b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 414 ") and b"Connection: close\r\n" in got and closed
+    assert json.loads(got.split(b"\r\n\r\n", 1)[1]) == {"error": "Request-URI Too Long"}
 
 
 # --- export and agreement ------------------------------------------------------------------------
@@ -237,6 +344,31 @@ def test_killed_server_loses_no_label(folder: Path) -> None:
         proc.wait(timeout=10)
 
 
+def test_body_too_large_logs_one_line_not_a_traceback(folder: Path) -> None:
+    import socket
+    import struct
+
+    proc, url = _start(folder)
+    try:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        sock = socket.create_connection((host, int(port)), timeout=10)
+        sock.sendall(b"POST /api/label HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 2000000\r\n\r\n"
+                     + b" " * 1000)
+        assert sock.recv(100).startswith(b"HTTP/1.1 413 ")
+        # the client gives up with a reset while the server holds its unread upload
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+        time.sleep(1.0)
+        assert http(url + "/api/info")[0] == 200  # still serving
+    finally:
+        proc.terminate()
+        output, _ = proc.communicate(timeout=10)
+    assert "Traceback" not in output and "Exception occurred" not in output, output
+    lines = [line for line in output.splitlines() if "413" in line]
+    assert lines == ["INFO: 127.0.0.1 POST /api/label -> 413 request body too large"], output
+
+
 # --- end to end in Chromium --------------------------------------------------------------------
 
 
@@ -278,7 +410,7 @@ def test_two_raters_in_the_browser_and_export(folder: Path, tmp_path: Path,
     try:
         with serving(RatingApp(folder)) as url:
             _rate_in_browser(browser, url, "alice", alice)
-            _rate_in_browser(browser, url, "bob", bob)
+            _rate_in_browser(browser, url, "Zoë", bob)  # a non-ASCII name through the form
     finally:
         browser.close()
         pw.stop()
@@ -288,7 +420,7 @@ def test_two_raters_in_the_browser_and_export(folder: Path, tmp_path: Path,
     rows = list(csv.DictReader((pool / "manifest.csv").open()))
     assert [Path(r["patch"]).name for r in rows] == [names[0]]
     agreement = json.loads((pool / "agreement.json").read_text())
-    assert agreement["raters"] == {"alice": 3, "bob": 3}
+    assert agreement["raters"] == {"alice": 3, "Zoë": 3}
     # per patch: (2,0,0), (1,0,1), (0,2,0) -> P = 2/3, p = (1/2, 1/3, 1/6), Pe = 14/36
     assert agreement["fleiss_kappa"] == pytest.approx((2 / 3 - 14 / 36) / (1 - 14 / 36),
                                                       abs=1e-6)

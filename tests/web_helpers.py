@@ -150,11 +150,14 @@ def get_json(url: str, **kw: Any) -> tuple[int, Any]:
 
 
 @contextlib.contextmanager
-def serving(app: Any) -> Iterator[str]:
-    """Serve ``app`` on 127.0.0.1 (ephemeral port) in a thread; yields the base URL."""
+def serving(app: Any, **kw: Any) -> Iterator[str]:
+    """Serve ``app`` on 127.0.0.1 (ephemeral port) in a thread; yields the base URL.
+
+    ``kw`` goes to ``start_in_thread`` (``request_timeout_s``).
+    """
     from convfocus.web.server import start_in_thread
 
-    server = start_in_thread(app)
+    server = start_in_thread(app, **kw)
     try:
         yield server.url.rstrip("/")
     finally:

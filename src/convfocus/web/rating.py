@@ -22,6 +22,7 @@ import re
 import shutil
 import sqlite3
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -36,7 +37,8 @@ log = logging.getLogger(__name__)
 LABELS = ("in-focus", "out-focus", "undecided")
 DB_NAME = "ratings.sqlite"
 POOL_FIELDS = ("patch", "source", "x_px", "y_px", "mpp", "split", "mean_luma")
-RATER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,39}")
+RATER_MAX_CHARS = 40
+RATER_PUNCTUATION = " ._-"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS raters (
@@ -62,10 +64,31 @@ CREATE TABLE IF NOT EXISTS label_history (
 
 
 def check_rater(name: object) -> str:
-    """A valid rater name (letters, digits, space . _ -; 1-40 characters)."""
-    if not isinstance(name, str) or not RATER_RE.fullmatch(name.strip()):
-        raise HttpError(400, "rater name: 1-40 letters, digits, spaces, '.', '_' or '-'")
-    return name.strip()
+    """A valid rater name, NFC-normalised, outer spaces removed (400 otherwise).
+
+    1-40 characters: Unicode letters (with their combining marks), decimal digits,
+    space, ``.``, ``_``, ``-``; it starts with a letter or digit. Control and format
+    characters, path separators and other punctuation are refused.
+    """
+    text = unicodedata.normalize("NFC", name).strip(" ") if isinstance(name, str) else ""
+    if not (0 < len(text) <= RATER_MAX_CHARS and _rater_char(text[0], first=True)
+            and all(_rater_char(c) for c in text)):
+        raise HttpError(400, f"rater name: 1-{RATER_MAX_CHARS} letters, digits, spaces, "
+                             "'.', '_' or '-', starting with a letter or digit")
+    return text
+
+
+def _rater_char(c: str, *, first: bool = False) -> bool:
+    """A letter or decimal digit; elsewhere also a combining mark or `` ._-``."""
+    category = unicodedata.category(c)
+    if category[0] == "L" or category == "Nd":
+        return True
+    return not first and (category[0] == "M" or c in RATER_PUNCTUATION)
+
+
+def rater_key(name: str) -> str:
+    """The identity of a rater name: case and Unicode compatibility forms do not matter."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
 
 
 class RatingStore:
@@ -87,12 +110,15 @@ class RatingStore:
         return conn
 
     def _rater_id(self, conn: sqlite3.Connection, rater: str, *, create: bool) -> int | None:
-        row = conn.execute("SELECT id FROM raters WHERE name = ?", (rater,)).fetchone()
-        if row is None and create:
+        # matched in Python: SQLite's NOCASE folds ASCII only ("ZOË" must be "zoë")
+        key = rater_key(rater)
+        rows = conn.execute("SELECT id, name FROM raters ORDER BY id").fetchall()
+        found = next((int(rid) for rid, name in rows if rater_key(name) == key), None)
+        if found is None and create:
             cur = conn.execute("INSERT INTO raters (name, created_at) VALUES (?, ?)",
                                (rater, time.time()))
             return int(cur.lastrowid or 0)
-        return None if row is None else int(row[0])
+        return found
 
     def register(self, rater: str) -> None:
         """Create the rater if new (names are case-insensitive)."""
@@ -131,9 +157,9 @@ class RatingStore:
         """patch -> label for one rater."""
         conn = self._connect()
         try:
-            rows = conn.execute(
-                "SELECT l.patch, l.label FROM labels l JOIN raters r ON r.id = l.rater_id "
-                "WHERE r.name = ?", (rater,)).fetchall()
+            rid = self._rater_id(conn, rater, create=False)
+            rows = [] if rid is None else conn.execute(
+                "SELECT patch, label FROM labels WHERE rater_id = ?", (rid,)).fetchall()
         finally:
             conn.close()
         return dict(rows)
@@ -281,8 +307,8 @@ def export_consensus(folder: str | Path, pool: str | Path, *, min_raters: int = 
         _write_pool_manifest(tmp / MANIFEST_NAME, chosen)
         stats["split"] = {"train": sum(s == "train" for _, s in chosen),
                           "val": sum(s == "val" for _, s in chosen)}
-        (tmp / "agreement.json").write_text(json.dumps(stats, indent=2) + "\n",
-                                            encoding="utf-8")
+        (tmp / "agreement.json").write_text(
+            json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         if pool.exists():
             pool.rmdir()
         tmp.replace(pool)
@@ -338,7 +364,7 @@ class RatingApp:
                 return Response.json({"patches": len(self.records), "labels": list(LABELS)})
             if path == "/api/state":
                 return Response.json(self._state(request.query))
-            m = re.fullmatch(r"/patches/(\d{1,9})\.png", path)
+            m = re.fullmatch(r"/patches/([0-9]{1,9})\.png", path)
             if m:
                 return self._patch_png(int(m.group(1)))
         elif method == "POST":
@@ -353,11 +379,9 @@ class RatingApp:
         raise HttpError(404 if method == "GET" else 405, "not found")
 
     def _index(self, value: object) -> int:
+        """A patch index from a JSON body: an integer (not a bool, not a string) in range."""
         if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, str) and re.fullmatch(r"\d{1,9}", value):
-                value = int(value)
-            else:
-                raise HttpError(400, "patch index must be an integer")
+            raise HttpError(400, "patch index must be an integer")
         if not 0 <= value < len(self.records):
             raise HttpError(404, "no such patch")
         return value
@@ -372,7 +396,10 @@ class RatingApp:
     def _state(self, query: dict[str, str]) -> dict[str, Any]:
         rater = check_rater(query.get("rater"))
         mine = self.store.labels_of(rater)
-        i = self._index(query.get("i", "0"))
+        text = query.get("i", "0")
+        if not re.fullmatch(r"[0-9]{1,9}", text):
+            raise HttpError(400, "parameter 'i' must be a patch index (0, 1, ...)")
+        i = self._index(int(text))
         n = len(self.records)
         nxt = next((j for j in list(range(i + 1, n)) + list(range(i))
                     if self.records[j].patch not in mine), None)
