@@ -154,6 +154,8 @@ def build_slide(path: Path, width: int, height: int, *, seed: int = 11) -> Path:
     :func:`convfocus.io.slide.write_pyramidal_tiff` lays it out)."""
     import tifffile
 
+    from convfocus.io.atomic import write_atomic
+
     render = _tile_renderer(width, height, seed)
     dims = _levels(width, height)
     common: dict[str, Any] = {"photometric": "rgb", "compression": "jpeg",
@@ -170,16 +172,16 @@ def build_slide(path: Path, width: int, height: int, *, seed: int = 11) -> Path:
         w, h = dims[k]
         return (1e4 / (MODEL_MPP * width / w), 1e4 / (MODEL_MPP * height / h))
 
-    tmp = path.with_name(path.name + ".tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tifffile.TiffWriter(tmp, bigtiff=True) as tw:
-        w, h = dims[0]
-        tw.write(tiles(0), shape=(h, w, 3), subifds=len(dims) - 1, resolution=res(0), **common)
-        for k in range(1, len(dims)):
-            w, h = dims[k]
-            tw.write(tiles(k), shape=(h, w, 3), subfiletype=1, resolution=res(k), **common)
-    os.replace(tmp, path)
-    return path
+    def write(tmp: Path) -> None:
+        with tifffile.TiffWriter(tmp, bigtiff=True) as tw:
+            w, h = dims[0]
+            tw.write(tiles(0), shape=(h, w, 3), subifds=len(dims) - 1, resolution=res(0),
+                     **common)
+            for k in range(1, len(dims)):
+                w, h = dims[k]
+                tw.write(tiles(k), shape=(h, w, 3), subfiletype=1, resolution=res(k), **common)
+
+    return write_atomic(path, write, parents=True)
 
 
 def cached_slide(width: int, height: int, *, rebuild: bool = False) -> Path:

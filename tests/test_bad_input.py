@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from convfocus.cli import main
+from convfocus.io.atomic import is_temp_name
 from convfocus.io.slide import write_pyramidal_tiff
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -43,7 +44,7 @@ def _assert_no_partial_output(out: Path, stem: str) -> None:
         return
     names = [p.name for p in out.iterdir()]
     assert stem not in names, names
-    assert not [n for n in names if ".partial-" in n or ".old-" in n], names
+    assert not [n for n in names if is_temp_name(n)], names
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +218,7 @@ def test_full_disk_while_writing_outputs(tmp_path: Path, good_slide: Path, fixtu
     monkeypatch.undo()
     assert calls == ["classmap.npy", "probs.npy"]
     line = _assert_one_clear_line(rc, err, good_slide.stem, "no space left on device")
-    assert ".partial-" not in line
+    assert f".{good_slide.stem}." not in line  # not the temporary folder
     _assert_no_partial_output(out, good_slide.stem)
 
 
@@ -235,7 +236,7 @@ def test_full_disk_in_an_image_writer(tmp_path: Path, good_slide: Path, fixture_
     out = tmp_path / "out"
     rc, _, err = _scan(capsys, fixture_model, out, good_slide)
     line = _assert_one_clear_line(rc, err, str(out / good_slide.stem), "no space left on device")
-    assert ".partial-" not in line
+    assert f".{good_slide.stem}." not in line  # not the temporary folder
     _assert_no_partial_output(out, good_slide.stem)
 
 

@@ -18,6 +18,7 @@ import pytest
 from convfocus.errors import ConfigError
 from convfocus.grading.batch import SlideJob, expand_inputs, run_batch
 from convfocus.grading.scan import ScanOptions, is_complete
+from convfocus.io.atomic import is_temp_name
 from convfocus.io.slide import write_pyramidal_tiff
 
 # --- expand_inputs -----------------------------------------------------------------------------
@@ -115,7 +116,7 @@ def _assert_same_tiles(out: Path, reference: Path, stems=STEMS) -> None:
 
 
 def _leftovers(out: Path) -> list[str]:
-    return [p.name for p in out.iterdir() if ".partial-" in p.name or ".old-" in p.name]
+    return [p.name for p in out.iterdir() if is_temp_name(p.name)]
 
 
 def _index_rows(out: Path) -> list[dict[str, str]]:
@@ -151,8 +152,8 @@ def test_resume_skips_complete_and_redoes_incomplete(reference: Path, batch_dir:
     (out / "slide-b" / "summary.json").unlink()  # written last: the folder is incomplete
     (out / "slide-b" / "tiles.csv").write_text("stale\n")
     # left by a killed run whose process is gone: a folder being written, one being replaced
-    (out / ".slide-c.partial-999999999").mkdir()
-    (out / ".slide-a.old-999999999").mkdir()
+    (out / ".slide-c.999999999.1.tmp").mkdir()
+    (out / ".slide-a.999999999.1.old").mkdir()
     before = {p: p.stat().st_mtime_ns for p in (out / "slide-a").iterdir()}
     results = run_batch(expand_inputs([batch_dir]), out, opts, resume=True, quiet=True)
     assert [r.status for r in results] == ["skipped", "done", "skipped"]

@@ -95,3 +95,30 @@ def test_weights_of_another_architecture_are_a_model_error(tmp_path: Path) -> No
     base.with_suffix(".json").write_text(json.dumps(spec))
     with pytest.raises(ModelError):
         load_model(base)
+
+
+def test_a_crash_while_exporting_leaves_the_old_spec_with_the_old_graph(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spec names the model, so it lands last: an export that dies half-way must not
+    pair a new spec with the old graph (it did: the spec was renamed before the export)."""
+    from convfocus.training import checkpoint
+
+    base = tmp_path / "m"
+    old_spec = spec_for("lite")
+    save_model(base, trained_looking("lite"), old_spec, onnx=True)
+    old_graph = base.with_suffix(".onnx").read_bytes()
+    stale_int8 = base.with_name(base.name + ".int8.onnx")
+    stale_int8.write_bytes(b"quantised from the old graph")
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("killed during the export")
+
+    monkeypatch.setattr(checkpoint, "export_onnx", crash)
+    new_spec = ModelSpec(name="m-new", version="1", arch="lite")
+    with pytest.raises(RuntimeError):
+        save_model(base, trained_looking("lite"), new_spec, onnx=True)
+    assert load_spec(base) == old_spec
+    assert base.with_suffix(".onnx").read_bytes() == old_graph
+    assert not stale_int8.exists()  # it would grade with the old model's weights
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.onnx", "m.safetensors"]

@@ -8,7 +8,6 @@ import re
 import numpy as np
 import pytest
 
-from convfocus.errors import OutputError
 from convfocus.grading import heatmap as hm
 from convfocus.grading import report as rp
 from convfocus.grading.regions import oof_regions
@@ -129,16 +128,3 @@ def test_index_page_is_sortable_and_self_contained():
     assert "cannot read &lt;slide&gt;" in page
     assert "addEventListener('click'" in page
     assert page.count("data-type=") == 8
-
-
-def test_atomic_writers(tmp_path):
-    rp.write_json_atomic(tmp_path / "a.json", {"x": float("nan"), "y": np.int64(3),
-                                               "z": (1.5, np.float32(2))})
-    assert json.loads((tmp_path / "a.json").read_text()) == {"x": None, "y": 3, "z": [1.5, 2.0]}
-    rp.write_text_atomic(tmp_path / "b.html", "<p>é</p>")
-    assert (tmp_path / "b.html").read_text(encoding="utf-8") == "<p>é</p>"
-    rp.write_text_atomic(tmp_path / "b.html", "second")
-    assert (tmp_path / "b.html").read_text() == "second"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.html"]
-    with pytest.raises(OutputError):
-        rp.write_text_atomic(tmp_path / "missing" / "c.html", "x")

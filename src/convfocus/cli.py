@@ -370,7 +370,7 @@ def _run_check_model(args: argparse.Namespace) -> int:
     text = json.dumps(res, indent=2)
     print(text)
     if args.out:
-        from convfocus.grading.report import write_text_atomic
+        from convfocus.io.atomic import write_text_atomic
 
         write_text_atomic(Path(args.out), text + "\n")
     return 0

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from convfocus import MODEL_MPP
-from convfocus.synthesis.defocus import apply_blur, class_interval
+from convfocus.synthesis.defocus import apply_blur, class_centre_px
 
 #: Pixel size of scikit-image's IHC image, estimated from nuclear size (see pool.KNOWN_MPP).
 IHC_MPP = 0.35
@@ -39,11 +39,6 @@ class DemoTruth:
 
     def to_dict(self) -> dict[str, object]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-def _centre(c: int) -> float:
-    lo, hi = class_interval(c)
-    return float(np.sqrt(lo * hi))
 
 
 def make_demo_tissue(
@@ -94,7 +89,7 @@ def make_demo_slide(
     # a mildly blurred square in the upper right
     px0, py0 = width - margin - 1280, margin + 384
     patch = (px0, py0, px0 + 768, py0 + 768)
-    r_stripe, r_patch = _centre(stripe_class), _centre(patch_class)
+    r_stripe, r_patch = class_centre_px(stripe_class), class_centre_px(patch_class)
     for (x0, y0, x1, y1), r in ((stripe, r_stripe), (patch, r_patch)):
         m = int(np.ceil(r)) + 2
         ctx = rgb[max(0, y0 - m) : y1 + m, max(0, x0 - m) : x1 + m]
@@ -108,8 +103,8 @@ def make_demo_slide(
 
 def run_demo(out: Path, *, grader: object | None = None, profile: str = "histology") -> Path:
     """Build the demo slide in ``out``, scan it, and return the path of its report."""
-    from convfocus.grading.report import write_json_atomic
     from convfocus.grading.scan import scan_path
+    from convfocus.io.atomic import write_json_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     slide = out / "demo-slide.tif"

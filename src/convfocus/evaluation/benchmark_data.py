@@ -42,7 +42,7 @@ def _field(size: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _write_list(path: Path, rows: list[list[object]]) -> None:
-    from convfocus.grading.report import write_text_atomic
+    from convfocus.io.atomic import write_text_atomic
 
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(rows)

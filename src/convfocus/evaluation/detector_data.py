@@ -73,7 +73,7 @@ def make_detector_example(
     2 blurs each of them at every class, so it is kept small).
     """
     from convfocus.evaluation.detector import dab_density, score_windows
-    from convfocus.grading.report import write_bytes_atomic
+    from convfocus.io.atomic import write_bytes_atomic
     from convfocus.synthesis.defocus import apply_blur, sample_blur_param
 
     if not 0 < blur_windows_per_slide <= windows_per_slide:

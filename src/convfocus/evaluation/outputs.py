@@ -15,32 +15,17 @@ from typing import Any
 
 import numpy as np
 
-from convfocus.errors import OutputError
-
-
-def _make_folder(path: Path) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create folder: {exc.strerror or exc}", path.parent) from None
+from convfocus.io.atomic import write_bytes_atomic, write_json_atomic
 
 
 def write_bytes(path: Path, data: bytes) -> Path:
     """Write ``data`` atomically (temporary name, then rename), creating the folder."""
-    from convfocus.grading.report import write_bytes_atomic
-
-    _make_folder(path)
-    write_bytes_atomic(path, data)
-    return path
+    return write_bytes_atomic(path, data, parents=True)
 
 
 def write_json(path: Path, obj: Any) -> Path:
     """Write ``obj`` as JSON atomically; numpy values become numbers, NaN ``null``."""
-    from convfocus.grading.report import write_json_atomic
-
-    _make_folder(path)
-    write_json_atomic(path, obj)
-    return path
+    return write_json_atomic(path, obj, parents=True)
 
 
 def write_figure(path: Path, fig: Any) -> Path:

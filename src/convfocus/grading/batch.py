@@ -11,9 +11,9 @@ outputs as an uninterrupted run.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -30,6 +30,7 @@ from convfocus.grading.scan import (
     output_dir,
     scan_path,
 )
+from convfocus.io.atomic import remove_stale, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -145,30 +146,6 @@ def scan_job(job: SlideJob, out_root: str, opts: ScanOptions) -> SlideResult:
         return failed(f"{job.path}: unexpected error ({type(exc).__name__}: {exc})")
 
 
-def _clean_partials(out_root: Path) -> None:
-    """Remove temporary folders left by killed runs (their process is gone): ``.partial-``
-    folders being written and ``.old-`` folders being replaced."""
-    if not out_root.is_dir():
-        return
-    for p in [*out_root.glob(".*.partial-*"), *out_root.glob(".*.old-*")]:
-        try:
-            pid = int(p.name.rsplit("-", 1)[1])
-        except ValueError:
-            continue
-        if pid != os.getpid() and not _pid_alive(pid):
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class Progress:
     """A one-line progress bar with ETA on a terminal; plain log lines otherwise."""
 
@@ -217,7 +194,7 @@ def run_batch(
     """Scan every job; return one result per job in input order, then write the index."""
     out_root = Path(out_root)
     ensure_output_root(out_root)
-    _clean_partials(out_root)
+    remove_stale(out_root)  # folders and files that killed runs were writing or replacing
     results: dict[int, SlideResult] = {}
     todo: list[tuple[int, SlideJob]] = []
     names: dict[str, Path] = {}
@@ -328,10 +305,9 @@ def write_index(out_root: Path, results: Iterable[SlideResult]) -> None:
     cols: list[str] = []
     for row in rows:
         cols += [k for k in row if k not in cols]
-    tmp = out_root / "index.csv.tmp"
-    with open(tmp, "w", newline="") as fh:
-        wr = csv.DictWriter(fh, fieldnames=cols, lineterminator="\n")
-        wr.writeheader()
-        wr.writerows(rows)
-    os.replace(tmp, out_root / "index.csv")
-    report.write_text_atomic(out_root / "index.html", report.render_index_html(rows))
+    text = io.StringIO()
+    wr = csv.DictWriter(text, fieldnames=cols, lineterminator="\n")
+    wr.writeheader()
+    wr.writerows(rows)
+    write_text_atomic(out_root / "index.csv", text.getvalue())
+    write_text_atomic(out_root / "index.html", report.render_index_html(rows))

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from convfocus.errors import ConfigError, ModelError
+from convfocus.errors import ConfigError, ModelError, OutputError
 from convfocus.types import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -326,7 +326,7 @@ def _int8_grader(
         log.info("quantising %s to int8", base.name)
         try:
             quantize_onnx(base)
-        except OSError:
+        except (OSError, OutputError):  # a read-only folder
             with tempfile.TemporaryDirectory(prefix="convfocus-int8-") as tmpd:
                 graph = quantize_onnx(base, out=Path(tmpd) / path.name).read_bytes()
     sess = _session(graph, path, "cpu", threads)

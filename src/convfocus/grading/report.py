@@ -3,20 +3,16 @@
 :func:`build_summary` turns a graded class map into the summary dictionary;
 :func:`render_report_html` makes one self-contained page of it (images embedded
 as base64 data URIs, inline CSS, no external resources); :func:`render_index_html`
-lists many slides in a table sortable by clicking its headers. Files are written
-only through the atomic helpers here (a temporary name, then :func:`os.replace`).
+lists many slides in a table sortable by clicking its headers. The scan writes them
+with :mod:`convfocus.io.atomic`.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime as _dt
 import html
-import json
 import math
-import os
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path, PurePath
 from typing import Any
@@ -25,7 +21,6 @@ from urllib.parse import quote
 import numpy as np
 
 from convfocus import NUM_CLASSES, __version__
-from convfocus.errors import OutputError
 from convfocus.grading.heatmap import GridGeometry, bucket_colors, check_classmap, class_colors
 from convfocus.grading.regions import (
     BUCKETS,
@@ -39,6 +34,7 @@ from convfocus.grading.regions import (
     oof_regions,
     verdict,
 )
+from convfocus.io.atomic import to_jsonable
 from convfocus.types import ModelSpec
 
 SUMMARY_SCHEMA = 1
@@ -214,66 +210,6 @@ def index_row(summary: Mapping[str, Any], report_href: str | None) -> dict[str, 
         "tissue_area_mm2": summary.get("tissue_area_mm2"),
         "report": report_href,
     }
-
-
-# --- JSON and files ----------------------------------------------------------------------------
-
-
-def to_jsonable(obj: Any) -> Any:
-    """A copy of ``obj`` that :func:`json.dumps` accepts: numpy values to Python, tuples
-    to lists, paths to strings, NaN and infinities to ``None``."""
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return to_jsonable(obj.item())
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, PurePath):
-        return str(obj)
-    if obj is None or isinstance(obj, (str, int, bool)):
-        return obj
-    if hasattr(obj, "to_dict"):
-        return to_jsonable(obj.to_dict())
-    raise TypeError(f"cannot store {type(obj).__name__} in JSON")
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` under a temporary name, then rename it into place.
-
-    Raises
-    ------
-    OutputError
-        If the file cannot be written.
-    """
-    path = Path(path)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise OutputError(f"cannot write file: {exc.strerror or exc}", path) from None
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write UTF-8 ``text`` atomically (see :func:`write_bytes_atomic`)."""
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON atomically; NaN becomes ``null``."""
-    text = json.dumps(to_jsonable(obj), indent=2, allow_nan=False, ensure_ascii=False)
-    write_text_atomic(path, text + "\n")
 
 
 # --- HTML helpers ------------------------------------------------------------------------------

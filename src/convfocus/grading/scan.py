@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -284,16 +283,6 @@ def _write_tiles(path: Path, g: Grading, blur_mpp: float) -> None:
                       for (x, y, r, c, k, e, m, b), p in _tile_values(g, blur_mpp))
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-
-
 def ensure_output_root(out_root: Path) -> None:
     """Create the output folder (and parents); raise OutputError when it cannot be written."""
     try:
@@ -333,6 +322,7 @@ def scan_path(
     failures; no partial output folder is left behind.
     """
     from convfocus.grading.infer import load_grader
+    from convfocus.io.atomic import atomic_folder
     from convfocus.io.slide import open_slide
 
     opts = options or ScanOptions(model=model, mpp=mpp, native=native, profile=profile,
@@ -348,21 +338,14 @@ def scan_path(
     reader = open_slide(slide, mpp=opts.mpp, threads=opts.decode_threads)
     try:
         g = grade_slide(reader, grader, opts, progress=progress)
-        tmp = out_root / f".{final.name}.partial-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
         try:
-            tmp.mkdir()
-            write_outputs(tmp, g, reader, grader, opts, slide, runtime_start=t0)
-            _replace_dir(tmp, final)
+            # written under a temporary name, the folder replaces an older one whole
+            with atomic_folder(final) as tmp:
+                write_outputs(tmp, g, reader, grader, opts, slide, runtime_start=t0)
         except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
             raise OutputError(f"cannot write outputs: {_os_cause(exc)}", final) from None
         except OutputError as exc:  # a writer's own error names a file in the temporary folder
-            shutil.rmtree(tmp, ignore_errors=True)
             raise OutputError(f"cannot write outputs: {exc.message}", final) from None
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     finally:
         reader.close()
     return final
@@ -387,6 +370,7 @@ def write_outputs(
 ) -> None:
     """Write every output file of one slide into ``folder``; summary.json last."""
     from convfocus.grading import heatmap, regions, report
+    from convfocus.io.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
     from convfocus.io.slide import write_png
 
     spec = grader.spec
@@ -408,13 +392,15 @@ def write_outputs(
     cell_px = max(1, HEATMAP_SIDE_PX // max(g.classmap.shape))
     write_png(folder / "classmap.png", heatmap.heatmap_rgba(g.classmap, cell_px=cell_px))
     heat_png = heatmap.heatmap_png(g.classmap, background="none")
-    write_bytes(folder / "heatmap.png", heat_png)
-    write_bytes(folder / "overlay.png", heatmap.overlay_png(thumb, g.classmap, geom))
+    write_bytes_atomic(folder / "heatmap.png", heat_png)
+    write_bytes_atomic(folder / "overlay.png", heatmap.overlay_png(thumb, g.classmap, geom))
     geo = regions.oof_regions(g.classmap, geom, mpp=g.extra["slide_mpp"],
                               l0_dimensions=reader.dimensions)
-    report.write_json_atomic(folder / "oof_regions.geojson", geo)
+    write_json_atomic(folder / "oof_regions.geojson", geo)
     summary = report.build_summary(
-        input_path=slide, dimensions=reader.dimensions, slide_mpp=g.extra["slide_mpp"],
+        # absolute, so the viewer finds the slide from any working directory
+        input_path=os.path.abspath(slide), dimensions=reader.dimensions,
+        slide_mpp=g.extra["slide_mpp"],
         spec=spec, classmap=g.classmap, grid=grid_d,
         runtime_s=time.perf_counter() - runtime_start, native=opts.native,
         profile=opts.profile, probs=g.probs, geojson=geo,
@@ -426,8 +412,8 @@ def write_outputs(
         heatmap_png=heat_png,
         histogram_png=heatmap.histogram_png(g.classmap), geojson=geo,
     )
-    report.write_text_atomic(folder / "report.html", html)
-    report.write_json_atomic(folder / "summary.json", summary)
+    write_text_atomic(folder / "report.html", html)
+    write_json_atomic(folder / "summary.json", summary)
 
 
 def _mpp_source(reader: Any, opts: ScanOptions) -> str:
@@ -436,12 +422,6 @@ def _mpp_source(reader: Any, opts: ScanOptions) -> str:
     if getattr(reader, "mpp_from_metadata", None) is not None:
         return "metadata"
     return "assumed 0.25 µm/px (none in the file)"
-
-
-def write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 __all__ = [

@@ -19,11 +19,10 @@ import logging
 import math
 import os
 import re
-import tempfile
 import threading
 import xml.etree.ElementTree as ET
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from convfocus.errors import (
     SlideReadError,
     UnsupportedFormatError,
 )
+from convfocus.io.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -983,27 +983,6 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
 # --- writers -------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Write through ``write(tmp)`` to a temporary name in the same folder, then rename."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-    except OSError as exc:
-        raise OutputError(f"cannot write: {exc.strerror or exc}", path) from exc
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write: {exc.strerror or exc}", path) from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _as_image_array(img: np.ndarray, allow_alpha: bool) -> np.ndarray:
     arr = np.asarray(img)
     if arr.dtype not in (np.uint8, np.uint16):
@@ -1026,7 +1005,7 @@ def write_png(path: str | os.PathLike[str], rgb_or_rgba: np.ndarray) -> Path:
     if not ok:  # pragma: no cover - cv2 fails only on invalid input, checked above
         raise OutputError("PNG encoding failed", Path(path))
     p = Path(path)
-    _atomic_write(p, lambda tmp: tmp.write_bytes(buf.tobytes()))
+    write_atomic(p, lambda tmp: tmp.write_bytes(buf.tobytes()), parents=True)
     return p
 
 
@@ -1043,13 +1022,14 @@ def write_image(path: str | os.PathLike[str], img: np.ndarray, *, quality: int =
         )
         if not ok:  # pragma: no cover
             raise OutputError("JPEG encoding failed", p)
-        _atomic_write(p, lambda tmp: tmp.write_bytes(buf.tobytes()))
+        write_atomic(p, lambda tmp: tmp.write_bytes(buf.tobytes()), parents=True)
         return p
     if suffix in (".tif", ".tiff"):
         import tifffile
 
         arr = _as_image_array(img, allow_alpha=True)
-        _atomic_write(p, lambda tmp: tifffile.imwrite(tmp, arr, compression="zlib", metadata=None))
+        write_atomic(p, lambda tmp: tifffile.imwrite(tmp, arr, compression="zlib", metadata=None),
+                     parents=True)
         return p
     raise UnsupportedFormatError(f"cannot write {suffix or 'suffix-less'} images", p)
 
@@ -1142,5 +1122,5 @@ def write_pyramidal_tiff(
                          description=f"{head} -> {lw}x{lh} {tail}", **common)  # fmt: skip
 
     p = Path(path)
-    _atomic_write(p, write)
+    write_atomic(p, write, parents=True)
     return p

@@ -32,7 +32,6 @@ import itertools
 import json
 import logging
 import math
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,13 +43,14 @@ from scipy.optimize import minimize_scalar
 
 from convfocus import NUM_CLASSES
 from convfocus.errors import ConfigError, ConvFocusError
+from convfocus.io.atomic import write_bytes_atomic, write_text_atomic
 from convfocus.synthesis.defocus import (
     BOKEH_MAX,
     BOKEH_SCALE,
     GAUSS_MAX,
     GAUSS_SCALE,
     apply_blur,
-    class_interval,
+    class_centre_px,
     disk_kernel,
     gaussian_kernel,
 )
@@ -222,14 +222,6 @@ class BlurCalibration:
         return asdict(self)
 
 
-def class_centre_radius(c: int, *, bokeh_scale: float = BOKEH_SCALE,
-                        bokeh_max: float = BOKEH_MAX, num_classes: int = NUM_CLASSES) -> float:
-    """Geometric centre of the bokeh interval of class ``c`` (1..29)."""
-    lo, hi = class_interval(c, kind="bokeh", scale=bokeh_scale, maximum=bokeh_max,
-                            num_classes=num_classes)
-    return math.sqrt(lo * hi)
-
-
 def calibrate_blur(
     patches: np.ndarray,
     *,
@@ -252,8 +244,8 @@ def calibrate_blur(
     """
     diff = BlurDifference(patches)
     last = num_classes - 1
-    radii = [class_centre_radius(c, bokeh_scale=bokeh_scale, bokeh_max=bokeh_max,
-                                 num_classes=num_classes) for c in range(1, last)]
+    radii = [class_centre_px(c, scale=bokeh_scale, maximum=bokeh_max, num_classes=num_classes)
+             for c in range(1, last)]
     ratio = diff.fit_ratio(radii)
     paper_ratio = GAUSS_SCALE / BOKEH_SCALE
     fits = []
@@ -429,13 +421,10 @@ def calibration_figure(result: BlurCalibration, patch: np.ndarray, *,
     from matplotlib.figure import Figure
 
     def centre(c: int, kind: str) -> float:
-        if c == 0:
-            return 0.0
         if kind == "bokeh":
-            return class_centre_radius(c, bokeh_scale=result.bokeh_scale, bokeh_max=result.bokeh_max)
-        lo, hi = class_interval(c, kind="gaussian", scale=result.gauss_scale,
-                                maximum=result.gauss_max)
-        return math.sqrt(lo * hi)
+            return class_centre_px(c, scale=result.bokeh_scale, maximum=result.bokeh_max)
+        return class_centre_px(c, kind="gaussian", scale=result.gauss_scale,
+                               maximum=result.gauss_max)
 
     n = len(classes)
     fig = Figure(figsize=(1.5 * n, 8.2), layout="constrained")
@@ -481,18 +470,11 @@ def calibration_figure(result: BlurCalibration, patch: np.ndarray, *,
     return buf.getvalue()
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_calibration(out: Path, result: BlurCalibration, patch: np.ndarray) -> list[Path]:
     """Write ``calibration.json`` and ``calibration.png`` into ``out``."""
     paths = [out / "calibration.json", out / "calibration.png"]
-    _write_bytes(paths[0], (json.dumps(result.to_dict(), indent=2) + "\n").encode())
-    _write_bytes(paths[1], calibration_figure(result, patch))
+    write_text_atomic(paths[0], json.dumps(result.to_dict(), indent=2) + "\n", parents=True)
+    write_bytes_atomic(paths[1], calibration_figure(result, patch), parents=True)
     return paths
 
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from convfocus.errors import ConfigError, ModelError
+from convfocus.io.atomic import write_atomic, write_bytes_atomic, write_text_atomic
 from convfocus.types import ModelSpec
 
 if TYPE_CHECKING:  # torch is imported where weights are touched: ONNX inference needs none
@@ -62,19 +62,26 @@ def load_spec(base: Path) -> ModelSpec:
 
 
 def save_model(base: Path, model: ConvFocusNet, spec: ModelSpec, *, onnx: bool = True) -> None:
-    """Write ``base.safetensors``, ``base.json`` and (optionally) ``base.onnx`` atomically."""
+    """Write ``base.safetensors``, (optionally) ``base.onnx``, and ``base.json`` last.
+
+    Each file is written atomically, and the spec, which names the model, lands only once
+    the weights and the graph are in place. Graphs of an earlier model under the same name
+    (``base.int8.onnx``, and ``base.onnx`` when ``onnx`` is false) are removed first: they
+    would not match the new weights.
+    """
     from safetensors.torch import save_file
 
     base.parent.mkdir(parents=True, exist_ok=True)
+    stale = [int8_path(base)] + ([] if onnx else [base.with_suffix(".onnx")])
+    for path in stale:
+        path.unlink(missing_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = base.with_name(base.name + ".tmp.safetensors")
-    save_file(tensors, str(tmp), metadata={"arch": spec.arch, "name": spec.name})
-    os.replace(tmp, base.with_suffix(".safetensors"))
-    tmpj = base.with_name(base.name + ".tmp.json")
-    tmpj.write_text(json.dumps(spec.to_dict(), indent=2, sort_keys=True) + "\n")
-    os.replace(tmpj, base.with_suffix(".json"))
+    write_atomic(base.with_suffix(".safetensors"), lambda tmp: save_file(
+        tensors, str(tmp), metadata={"arch": spec.arch, "name": spec.name}))
     if onnx:
         export_onnx(model, spec, base.with_suffix(".onnx"))
+    write_text_atomic(base.with_suffix(".json"),
+                      json.dumps(spec.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
 def load_model(model: str | Path | None = None) -> tuple[ConvFocusNet, ModelSpec]:
@@ -110,14 +117,17 @@ def export_onnx(net: ConvFocusNet, spec: ModelSpec, path: Path, *, opset: int = 
     net = net.eval()
     side = spec.window_px + spec.stride_px
     x = torch.zeros(1, 3, side, side)
-    tmp = path.with_name(path.name + ".tmp")
-    with torch.no_grad():
-        torch.onnx.export(
-            _Dense(net, spec), (x,), str(tmp), input_names=["image"], output_names=["logits"],
-            dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}, "logits": {0: "n", 2: "rows", 3: "cols"}},
-            opset_version=opset, dynamo=False,
-        )
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with torch.no_grad():
+            torch.onnx.export(
+                _Dense(net, spec), (x,), str(tmp), input_names=["image"],
+                output_names=["logits"], opset_version=opset, dynamo=False,
+                dynamic_axes={"image": {0: "n", 2: "h", 3: "w"},
+                              "logits": {0: "n", 2: "rows", 3: "cols"}},
+            )
+
+    write_atomic(path, write)
 
 
 # --- graph rewrites: normalisation folded into the first conv, int8 -----------------------------
@@ -202,8 +212,7 @@ def calibration_regions(spec: ModelSpec, *, n: int = 24, side_cells: int = 4,
     import numpy as np
     from skimage import data
 
-    from convfocus.synthesis.defocus import apply_blur
-    from convfocus.types import class_blur_radius_px
+    from convfocus.synthesis.defocus import apply_blur, class_centre_px
 
     ihc = data.immunohistochemistry()
     f = _IHC_MPP / spec.mpp
@@ -218,7 +227,7 @@ def calibration_regions(spec: ModelSpec, *, n: int = 24, side_cells: int = 4,
         crop = tissue[y : y + side, x : x + side]
         c = (i * 7) % spec.num_classes  # every class, spread over the crops
         if c:
-            crop = apply_blur(crop, "bokeh", class_blur_radius_px(c))
+            crop = apply_blur(crop, "bokeh", class_centre_px(c))
         out.append(np.ascontiguousarray(crop.transpose(2, 0, 1)[None], np.float32))
     return out
 
@@ -300,7 +309,4 @@ def _quantize_to(folded: Any, out: Path, method: str, reader: Any) -> None:
             )
         else:
             quantize_dynamic(str(f32), str(q), weight_type=QuantType.QInt8)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_bytes(q.read_bytes())
-        os.replace(tmp, out)
+        write_bytes_atomic(out, q.read_bytes(), parents=True)

@@ -12,8 +12,8 @@ A pool folder holds ``patches/*.png`` and ``manifest.csv`` with the columns
 from __future__ import annotations
 
 import csv
+import io
 import logging
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +24,7 @@ import numpy as np
 from convfocus import MODEL_MPP
 from convfocus.errors import ConfigError, ConvFocusError
 from convfocus.grading.tissue import luma, tissue_mask
+from convfocus.io.atomic import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -293,13 +294,13 @@ def build_pool(
 
 
 def write_manifest(path: Path, entries: Sequence[PoolEntry]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        wr = csv.writer(fh)
-        wr.writerow(MANIFEST_COLUMNS)
-        for e in entries:
-            wr.writerow([getattr(e, c) for c in MANIFEST_COLUMNS])
-    os.replace(tmp, path)
+    """Write ``POOL/manifest.csv`` atomically."""
+    text = io.StringIO()
+    wr = csv.writer(text)
+    wr.writerow(MANIFEST_COLUMNS)
+    for e in entries:
+        wr.writerow([getattr(e, c) for c in MANIFEST_COLUMNS])
+    write_text_atomic(path, text.getvalue())
 
 
 def read_manifest(pool: Path) -> list[dict[str, str]]:

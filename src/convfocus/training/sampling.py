@@ -11,9 +11,9 @@ References: 300 x 300 px patches at 40x from the tissue mask; top 8 (Aperio AT2)
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
-import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -24,6 +24,7 @@ import numpy as np
 from convfocus import MODEL_MPP
 from convfocus.errors import ConfigError, NoTissueError, OutputError, PixelSizeError
 from convfocus.grading.tissue import luma, tissue_mask
+from convfocus.io.atomic import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -290,18 +291,13 @@ def sample_patches(
 
 def write_manifest(path: Path, records: Iterable[PatchRecord],
                    fields: Sequence[str] = MANIFEST_FIELDS) -> None:
-    """Write a manifest atomically (temporary file, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(fields)
-            for r in records:
-                writer.writerow([getattr(r, f) for f in fields])
-        tmp.replace(path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write manifest: {exc.strerror}", path) from None
+    """Write a manifest atomically."""
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(fields)
+    for r in records:
+        writer.writerow([getattr(r, f) for f in fields])
+    write_text_atomic(path, text.getvalue())
 
 
 def read_manifest(folder: str | Path) -> list[PatchRecord]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
@@ -28,6 +27,7 @@ from torch.nn import functional as F
 
 from convfocus import MODEL_MPP, __version__
 from convfocus.errors import ConfigError
+from convfocus.io.atomic import write_atomic
 from convfocus.metrics import classification_metrics
 from convfocus.synthesis.defocus import SynthesisConfig
 from convfocus.training.dataset import WINDOW, Augment, augment, make_example, validation_set
@@ -199,12 +199,6 @@ def _optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:  # type: igno
     raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; choose adamw or rmsprop")
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
     return json.loads(json.dumps(asdict(cfg)))
 
@@ -284,9 +278,9 @@ def train(
     last_loss: list[float] = []
 
     def save_ckpt() -> None:
-        _atomic_torch_save({"model": net.state_dict(), "optim": opt.state_dict(), "step": step,
-                            "best": best, "config": _config_dict(cfg),
-                            "init_from": init_from}, ckpt)
+        state = {"model": net.state_dict(), "optim": opt.state_dict(), "step": step,
+                 "best": best, "config": _config_dict(cfg), "init_from": init_from}
+        write_atomic(ckpt, lambda tmp: torch.save(state, tmp))
 
     def evaluate_now() -> dict[str, Any]:
         precise_bn(net, (next(it)[0] for _ in range(cfg.precise_bn_batches)), dev)
