@@ -225,6 +225,17 @@ def test_summary_json(scanned: Path):
     assert s["native"] is False and s["graded_mpp"] == pytest.approx(0.25)
 
 
+def test_summary_input_is_absolute_when_scanned_by_a_relative_path(
+    tmp_path: Path, tissue_rgb: np.ndarray, grader, monkeypatch: pytest.MonkeyPatch
+):
+    # a relative input made the viewer lose the slide when started from another folder
+    write_pyramidal_tiff(tmp_path / "slides" / "small.tif", tissue_rgb[:512, :640], mpp=0.25)
+    monkeypatch.chdir(tmp_path)
+    out = scan_path(Path("slides/../slides/small.tif"), Path("out"), grader=grader)
+    stored = _summary(tmp_path / out)["input"]
+    assert stored == str(tmp_path / "slides" / "small.tif")
+
+
 def test_report_html_is_self_contained(scanned: Path):
     html = (scanned / "report.html").read_text(encoding="utf-8")
     assert html.lstrip().lower().startswith("<!doctype html")
