@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -10,9 +11,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import tifffile
 
 from convfocus.cli import main
-from convfocus.errors import ConfigError
+from convfocus.errors import ConfigError, ConvFocusError
 from convfocus.grading.heatmap import class_colors
 from convfocus.io.slide import open_slide
 from convfocus.web.viewer import ViewerApp, dzi_max_level, dzi_tile_box
@@ -132,6 +134,91 @@ def test_folder_of_scans_and_thumbnail_fallback(scans: Path) -> None:
         status, _, body = http(base + "/slides/slide-b/tiles/11/1_1.jpeg")
         assert status == 200 and _decode(body).shape[:2] == (256, 256)
     app.close()
+
+
+def _without_pixel_size(folder: Path, **summary: object) -> Path:
+    """Rewrite the scan's slide as a pyramid with no pixel size; update summary.json."""
+    s = json.loads((folder / "summary.json").read_text())
+    with open_slide(s["input"], mpp=0.25) as slide:
+        rgb = slide.read_region((0, 0), 0, slide.dimensions)[..., :3]
+    with tifffile.TiffWriter(s["input"]) as tw:  # no resolution tags: open_slide needs an mpp
+        tw.write(rgb, tile=(256, 256), subifds=1, photometric="rgb", metadata=None)
+        tw.write(np.ascontiguousarray(rgb[::2, ::2]), tile=(256, 256), subfiletype=1,
+                 photometric="rgb", metadata=None)
+    s.update(summary)
+    (folder / "summary.json").write_text(json.dumps(s))
+    return folder
+
+
+def _pixels(app: ViewerApp) -> str:
+    scan = next(iter(app.scans.values()))
+    try:
+        return scan.source
+    finally:
+        app.close()
+
+
+def test_slide_scanned_with_mpp_opens_with_the_stored_pixel_size(tmp_path: Path) -> None:
+    # `convfocus scan SLIDE --mpp 0.5` on a file without a pixel size: the viewer showed the
+    # thumbnail ("slide file unavailable") because it reopened the file without the mpp
+    folder = _without_pixel_size(make_scan_folder(tmp_path, "no-mpp"), mpp=0.5,
+                                 mpp_source="--mpp")
+    with pytest.raises(ConvFocusError, match="pass --mpp"):
+        open_slide(tmp_path / "no-mpp.tif")
+    assert _pixels(ViewerApp(folder)) == "slide"
+    # an older summary without the source: the file has none, so the stored one is used
+    _without_pixel_size(folder, mpp_source=None)
+    assert _pixels(ViewerApp(folder)) == "slide"
+
+
+def test_view_mpp_overrides_the_stored_pixel_size(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = _without_pixel_size(make_scan_folder(tmp_path, "no-mpp"), mpp=None,
+                                 mpp_source=None)
+    assert _pixels(ViewerApp(folder)) == "thumbnail"  # nothing to open it with
+    app = ViewerApp(folder, mpp=0.5)
+    assert app.scans["no-mpp"].info()["mpp"] == 0.5
+    assert _pixels(app) == "slide"
+
+    served: list[tuple[str, float | None]] = []
+
+    def fake_serve(app: ViewerApp, host: str, port: int) -> None:
+        served.append((_pixels(app), app.scans["no-mpp"].info()["mpp"]))
+
+    monkeypatch.setattr("convfocus.web.server.serve", fake_serve)
+    assert main(["view", str(folder), "--mpp", "0.5"]) == 0
+    assert served == [("slide", 0.5)]
+    for bad in ("nan", "0", "1000", "abc"):  # the same checks as scan's --mpp
+        with pytest.raises(SystemExit) as exc:
+            main(["view", str(folder), "--mpp", bad])
+        assert exc.value.code == 2, bad
+
+
+def test_slide_is_found_from_any_working_directory(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = make_scan_folder(tmp_path / "out", "moved")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    s = json.loads((folder / "summary.json").read_text())
+    for stored in ("../moved.tif", str(Path("..", "out", "moved.tif"))):
+        # relative to the summary's folder, then to the current directory
+        s["input"] = stored
+        (folder / "summary.json").write_text(json.dumps(s))
+        assert _pixels(ViewerApp(folder)) == "slide", stored
+
+
+def test_missing_slide_is_one_plain_line(scans: Path, caplog: pytest.LogCaptureFixture) -> None:
+    app = ViewerApp(scans / "slide-b")
+    with caplog.at_level(logging.WARNING, logger="convfocus"):
+        assert _pixels(app) == "thumbnail"
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "\n" not in lines[0], lines
+    assert "not found" in lines[0] and "gone.tif" in lines[0] and "thumbnail" in lines[0]
+    with serving(ViewerApp(scans / "slide-b")) as base:
+        s = get_json(base + "/api/slides/slide-b/summary")[1]
+    assert s["pixels"] == "thumbnail" and "not found" in s["pixels_note"]
+    assert str(scans) not in json.dumps(s)  # no local paths reach the browser
 
 
 def test_request_hygiene(url: str) -> None:

@@ -651,6 +651,9 @@ def _add_view(sub: argparse._SubParsersAction) -> None:
     p.add_argument("path", metavar="OUT", help="a scan output folder OUT/<slide>, or OUT itself")
     p.add_argument("--slide", default=None,
                    help="the slide file, when it has moved since the scan")
+    p.add_argument("--mpp", type=_pixel_size, default=None,
+                   help="level-0 pixel size in µm/px to open the slide with (default: the "
+                   "scan's, from summary.json)")
     _add_serve_args(p, 8766)
     p.set_defaults(func=_run_view)
 
@@ -659,7 +662,7 @@ def _run_view(args: argparse.Namespace) -> int:
     from convfocus.web.server import serve
     from convfocus.web.viewer import ViewerApp
 
-    app = ViewerApp(args.path, slide_path=args.slide)
+    app = ViewerApp(args.path, slide_path=args.slide, mpp=args.mpp)
     try:
         serve(app, args.host, args.port)
     finally:

@@ -22,7 +22,7 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from convfocus import NUM_CLASSES
-from convfocus.errors import ConfigError, ConvFocusError
+from convfocus.errors import ConfigError, ConvFocusError, PixelSizeError
 from convfocus.web.server import HttpError, Request, Response, query_float, static_file
 
 log = logging.getLogger(__name__)
@@ -256,7 +256,8 @@ def _json_safe(v: Any) -> Any:
 class ScanView:
     """Everything the viewer serves about one scan output folder."""
 
-    def __init__(self, folder: Path, *, slide_path: Path | None = None) -> None:
+    def __init__(self, folder: Path, *, slide_path: Path | None = None,
+                 mpp: float | None = None) -> None:
         self.folder = folder
         self.id = folder.name
         try:
@@ -278,6 +279,8 @@ class ScanView:
                                 required=False)
         self.regions = _regions(folder / "oof_regions.geojson")
         self.slide_path = slide_path
+        self.mpp = mpp  # level-0 pixel size given to the viewer: overrides the stored one
+        self.pixels_note: str | None = None  # why the thumbnail stands in, without paths
         self._pixels: _Pixels | None = None
         self._pixels_lock = threading.Lock()
         self.tiles, self.overlays = _LRU(), _LRU()
@@ -306,35 +309,73 @@ class ScanView:
                 self._pixels = self._open_pixels()
             return self._pixels
 
+    def _slide_candidates(self) -> list[Path]:
+        """Where the slide may be: ``--slide``; else the stored input as an absolute path,
+        or relative to the summary's folder, then to the current directory."""
+        if self.slide_path is not None:
+            return [self.slide_path]
+        stored = self.summary.get("input")
+        if not isinstance(stored, str) or not stored:
+            return []
+        p = Path(stored)
+        if p.is_absolute():
+            return [p]
+        return list(dict.fromkeys([self.folder / p, Path.cwd() / p]))
+
+    def _slide_mpp(self) -> float | None:
+        """The pixel size to open the slide with; None: the file's own.
+
+        The scan's pixel size (``summary.json`` -> ``mpp``) is used when it did not come
+        from the file's metadata: given with ``--mpp``, or assumed for a file with none.
+        """
+        if self.mpp is not None:
+            return self.mpp
+        if self.summary.get("mpp_source") in (None, "metadata"):
+            return None
+        return _number(self.summary.get("mpp"))
+
     def _open_pixels(self) -> _Pixels:
         from convfocus.io.slide import open_slide
 
-        candidates: list[Path] = []
-        if self.slide_path is not None:
-            candidates.append(self.slide_path)
-        elif isinstance(self.summary.get("input"), str):
-            p = Path(self.summary["input"])
-            candidates += [p] if p.is_absolute() else [p, self.folder / p]
-        for path in candidates:
+        candidates = self._slide_candidates()
+        found = [p for p in candidates if p.exists()]
+        mpp, stored = self._slide_mpp(), _number(self.summary.get("mpp"))
+        hint = "check --slide" if self.slide_path is not None else "pass --slide FILE"
+        problem = f"no slide file recorded in summary.json ({hint})"
+        if candidates and not found:
+            where = " or ".join(str(p) for p in candidates)
+            problem = f"slide file not found: {where} ({hint})"
+            self.pixels_note = "slide file not found"
+        for path in found:
             try:
-                reader = open_slide(path)
+                try:
+                    reader = open_slide(path, mpp=mpp)
+                except PixelSizeError:
+                    if mpp is not None or stored is None:
+                        raise
+                    reader = open_slide(path, mpp=stored)  # the file has none: the scan's
             except ConvFocusError as exc:
-                log.warning("%s: %s", self.id, exc)
+                problem = f"cannot open the slide file: {exc}"
+                self.pixels_note = f"slide file unreadable ({exc.message})"
                 continue
             if tuple(reader.dimensions) != self.dims:
-                log.warning("%s: %s is %s, the scan says %s; using the thumbnail", self.id,
-                            path, reader.dimensions, self.dims)
+                w, h = reader.dimensions
+                problem = (f"{path} is {w} x {h} px, the scan says {self.dims[0]} x "
+                           f"{self.dims[1]} (another slide?)")
+                self.pixels_note = "the slide file differs in size from the scan"
                 reader.close()
                 continue
+            self.pixels_note = None
             return _Pixels(self.dims, reader=reader)
         thumb = self.folder / "thumbnail.png"
         try:
-            reader = open_slide(thumb)
+            reader = open_slide(thumb, mpp=1.0)  # its pixel size does not matter here
             image = reader.get_thumbnail(max(reader.dimensions))
             reader.close()
         except ConvFocusError:
             raise HttpError(404, "neither the slide nor its thumbnail can be read") from None
-        log.warning("%s: slide unavailable; showing the scan's thumbnail", self.id)
+        self.pixels_note = self.pixels_note or "slide file unavailable"
+        log.warning("%s: %s; showing the scan's thumbnail", self.id, problem)
         return _Pixels(self.dims, image=np.ascontiguousarray(image[..., :3]))
 
     @property
@@ -429,7 +470,8 @@ class ScanView:
     def info(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.summary.get("slide", self.id) if isinstance(
             self.summary.get("slide"), str) else self.id, "dimensions": list(self.dims),
-            "mpp": self.summary.get("mpp"), "regions": len(self.regions),
+            "mpp": self.mpp if self.mpp is not None else self.summary.get("mpp"),
+            "regions": len(self.regions),
             "slide_dzi": f"/slides/{self.id}/slide.dzi",
             "overlay_dzi": f"/slides/{self.id}/overlay.dzi"}
 
@@ -457,7 +499,8 @@ class ViewerApp:
 
     title = "convfocus slide viewer"
 
-    def __init__(self, path: str | Path, *, slide_path: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path, *, slide_path: str | Path | None = None,
+                 mpp: float | None = None) -> None:
         folders = find_scans(Path(path).resolve())
         if slide_path is not None and len(folders) != 1:
             raise ConfigError("--slide needs a single scan output folder", path)
@@ -468,7 +511,8 @@ class ViewerApp:
                 continue
             try:
                 self.scans[folder.name] = ScanView(
-                    folder, slide_path=None if slide_path is None else Path(slide_path))
+                    folder, slide_path=None if slide_path is None else Path(slide_path).absolute(),
+                    mpp=mpp)
             except ConfigError as exc:
                 if len(folders) == 1:
                     raise
@@ -500,7 +544,8 @@ class ViewerApp:
         if m:
             scan = self._scan(m.group(1))
             if m.group(2) == "summary":
-                return Response.json({**scan.public_summary(), "pixels": scan.source})
+                return Response.json({**scan.public_summary(), "pixels": scan.source,
+                                      "pixels_note": scan.pixels_note})
             if m.group(2) == "regions":
                 return Response.json(_json_safe(scan.regions[:200]))
             w, h = scan.dims
