@@ -298,3 +298,56 @@ def test_viewer_in_the_browser(url: str) -> None:
     finally:
         browser.close()
         pw.stop()
+
+
+def test_summary_panel_leads_with_the_verdict(tmp_path: Path) -> None:
+    # the panel showed the first 24 keys of summary.json (schema version, ...) and never
+    # the verdict, the OOF pattern or the scan lanes
+    from convfocus.grading.report import build_summary
+    from convfocus.types import ModelSpec
+
+    folder = make_scan_folder(tmp_path, "full")
+    old = json.loads((folder / "summary.json").read_text())
+    s = build_summary(
+        input_path=old["input"], dimensions=(W, H), slide_mpp=0.25,
+        spec=ModelSpec(name="convfocus-test", version="9.9", arch="lite"),
+        classmap=np.load(folder / "classmap.npy"), grid=old["grid"], runtime_s=1.0,
+        mpp_source="--mpp", profile="cytology")
+    (folder / "summary.json").write_text(json.dumps(s))
+    app = ViewerApp(folder)
+    pw, browser = browser_or_skip()
+    try:
+        with serving(app) as base:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(15_000)
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(base + "/")
+            page.wait_for_selector("#summary tr")
+            verdict = s["verdict"]
+            assert page.inner_text("#verdict").strip().lower() == verdict["verdict"]
+            reasons = page.locator("#verdict-block .reasons li").all_inner_texts()
+            assert reasons == verdict["reasons"] and reasons
+            rows = [tuple(r.split("\t")) for r in page.locator("#summary tr").all_inner_texts()]
+            labels = [r[0] for r in rows]  # value and note: "value\nnote"
+            assert labels[:2] == ["OOF pattern", "Scan lanes"]
+            assert labels[2:6] == ["Tissue area", "Windows graded", "Out of focus",
+                                  "OOF regions"]
+            figures = dict(rows)
+            assert figures["OOF pattern"] == "local\nsmall scattered spots"
+            assert figures["Scan lanes"] == "none"
+            assert figures["Windows graded"] == f"{s['windows_graded']:,}"
+            share = f"{100 * s['oof_share']:.1f} % of tissue"
+            assert figures["Out of focus"] == f"{share}\nclass ≥ 10"
+            assert figures["Pixel size"] == "0.25 µm/px\ngiven with --mpp"
+            assert figures["Model"] == "convfocus-test\nversion 9.9"
+            text = page.inner_text("aside")
+            assert "schema" not in text and "_" not in text  # plain words, not raw keys
+            if os.environ.get("CONVFOCUS_SCREENSHOTS"):
+                page.screenshot(path=str(Path(os.environ["CONVFOCUS_SCREENSHOTS"])
+                                         / "viewer-summary.png"))
+            assert errors == []
+    finally:
+        browser.close()
+        pw.stop()
+        app.close()

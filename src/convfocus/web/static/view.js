@@ -45,37 +45,128 @@
     return String(v);
   }
 
+  const isNum = (v) => typeof v === "number" && Number.isFinite(v);
+  const pct = (v) => `${(100 * v).toFixed(v > 0 && v < 0.01 ? 2 : 1)} %`;
+  const obj = (v) => (v && typeof v === "object" && !Array.isArray(v) ? v : {});
+
+  const PATTERNS = {
+    none: "no out-of-focus tissue",
+    local: "small scattered spots",
+    regional: "one or more large regions",
+    global: "most of the tissue",
+  };
+
+  function mppSource(src) {
+    if (src === "metadata") return "from the slide file";
+    if (src === "--mpp") return "given with --mpp";
+    if (typeof src === "string" && src.startsWith("assumed")) return "assumed: none in the file";
+    return typeof src === "string" ? src : "";
+  }
+
+  // [value, note] of the scan lanes; null when the summary does not say
+  function lanes(p) {
+    if (p.scan_lanes === undefined) return null;
+    if (!p.scan_lanes) return ["none", ""];
+    const dir = p.lane_direction === "horizontal" ? "horizontal" : "vertical";
+    const px = Array.isArray(p.lane_positions_l0_px) && p.lane_positions_l0_px.length > 0;
+    const spans = (px ? p.lane_positions_l0_px : p.lane_positions || [])
+      .filter((ab) => Array.isArray(ab) && ab.length === 2)
+      .map(([a, b]) => `${fmt(Math.round(a))}–${fmt(Math.round(b))}`).join(", ");
+    if (!spans) return [`yes, ${dir}`, ""];
+    const where = px ? (dir === "vertical" ? "at x " : "at y ")
+      : (dir === "vertical" ? "grid columns " : "grid rows ");
+    return [`yes, ${dir}`, `${where}${spans}${px ? " px" : ""}`];
+  }
+
+  // the rows under the verdict: OOF pattern and scan lanes first, then the key figures;
+  // [label, value, note], the note a second, muted line under the value
   function summaryRows(s) {
     const rows = [];
-    const skip = new Set(["grid", "pixels", "version", "schema"]);
-    const add = (k, v) => {
-      if (v === null || v === undefined || typeof v === "object") return;
-      rows.push([k.replace(/_/g, " "), fmt(v)]);
-    };
-    if (Array.isArray(s.dimensions)) rows.push(["dimensions", `${s.dimensions[0]} × ${s.dimensions[1]} px`]);
-    for (const [k, v] of Object.entries(s)) {
-      if (skip.has(k) || k === "dimensions") continue;
-      if (v && typeof v === "object" && !Array.isArray(v)) {
-        for (const [k2, v2] of Object.entries(v)) add(k2 === k ? k : `${k} ${k2}`, v2);
-      } else add(k, v);
+    const add = (k, v, note = "") => { rows.push([k, v, note]); };
+    const p = obj(s.pattern);
+    if (typeof p.pattern === "string") add("OOF pattern", p.pattern, PATTERNS[p.pattern] || "");
+    const l = lanes(p);
+    if (l) add("Scan lanes", ...l);
+    if (isNum(s.tissue_area_mm2)) add("Tissue area", `${s.tissue_area_mm2.toFixed(2)} mm²`);
+    if (isNum(s.windows_graded)) add("Windows graded", fmt(s.windows_graded));
+    const oofShare = isNum(s.oof_share) ? s.oof_share : p.oof_share;
+    const minCls = isNum(s.oof_min_class) ? s.oof_min_class : p.oof_min_class;
+    if (isNum(oofShare)) {
+      add("Out of focus", `${pct(oofShare)} of tissue`, isNum(minCls) ? `class ≥ ${minCls}` : "");
     }
-    return rows.slice(0, 24);
+    const regions = obj(s.regions);
+    if (isNum(regions.count)) add("OOF regions", fmt(regions.count));
+    if (isNum(s.mean_class)) add("Mean class", s.mean_class.toFixed(1));
+    if (isNum(s.mpp)) add("Pixel size", `${s.mpp} µm/px`, mppSource(s.mpp_source));
+    const m = obj(s.model);
+    if (typeof m.name === "string") add("Model", m.name, m.version ? `version ${m.version}` : "");
+    if (Array.isArray(s.dimensions) && s.dimensions.length === 2) {
+      add("Slide size", `${fmt(s.dimensions[0])} × ${fmt(s.dimensions[1])} px`);
+    }
+    return rows;
+  }
+
+  function showVerdict(s) {
+    const box = $("verdict-block");
+    box.replaceChildren();
+    const v = obj(s.verdict);
+    if (typeof v.verdict !== "string") return;
+    const head = document.createElement("div");
+    head.className = "verdict-head";
+    const badge = document.createElement("span");
+    badge.className = `verdict v-${v.verdict}`;
+    badge.id = "verdict";
+    badge.textContent = v.verdict;
+    head.append(badge);
+    if (typeof v.profile === "string") {
+      const prof = document.createElement("span");
+      prof.className = "muted";
+      prof.textContent = `for ${v.profile}`;
+      head.append(prof);
+    }
+    box.append(head);
+    const reasons = Array.isArray(v.reasons) ? v.reasons.filter((r) => typeof r === "string") : [];
+    if (reasons.length) {
+      const ul = document.createElement("ul");
+      ul.className = "reasons";
+      for (const r of reasons) {
+        const li = document.createElement("li");
+        li.textContent = r;
+        ul.append(li);
+      }
+      box.append(ul);
+    }
+    const others = Object.entries(obj(s.verdicts))
+      .filter(([k, x]) => k !== v.profile && typeof x === "string");
+    if (others.length) {
+      const o = document.createElement("div");
+      o.className = "muted";
+      o.textContent = `Other profiles: ${others.map(([k, x]) => `${k} ${x}`).join(" · ")}`;
+      box.append(o);
+    }
   }
 
   function showSummary(s) {
+    showVerdict(s);
     const table = $("summary");
     table.replaceChildren();
-    for (const [k, v] of summaryRows(s)) {
+    for (const [k, v, note] of summaryRows(s)) {
       const tr = document.createElement("tr");
       const a = document.createElement("td");
       const b = document.createElement("td");
       a.textContent = k;
       b.textContent = v;
+      if (note) {
+        const n = document.createElement("div");
+        n.className = "note";
+        n.textContent = note;
+        b.append(n);
+      }
       tr.append(a, b);
       table.append(tr);
     }
     $("pixels-note").textContent = s.pixels === "thumbnail"
-      ? "slide file unavailable: showing the scan's thumbnail" : "";
+      ? `${s.pixels_note || "slide file unavailable"}: showing the scan's thumbnail` : "";
   }
 
   function goToRegion(r, li) {
