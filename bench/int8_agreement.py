@@ -38,13 +38,12 @@ def images() -> dict[str, np.ndarray]:
 
     from convfocus.demo import IHC_MPP
     from convfocus.io.slide import open_slide, read_image
-    from convfocus.synthesis.defocus import apply_blur
-    from convfocus.types import class_blur_radius_px
+    from convfocus.synthesis.defocus import apply_blur, class_centre_px
 
     f = IHC_MPP / MODEL_MPP
     ihc = cv2.resize(data.immunohistochemistry(), None, fx=f, fy=f,
                      interpolation=cv2.INTER_LANCZOS4)
-    out = {f"ihc class {c}": apply_blur(ihc, "bokeh", class_blur_radius_px(c)) if c else ihc
+    out = {f"ihc class {c}": apply_blur(ihc, "bokeh", class_centre_px(c)) if c else ihc
            for c in range(0, 30, 5)}
     cmu = SHARED / "slides" / "cmu-1-small-region.svs"
     if cmu.is_file():

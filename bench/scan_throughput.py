@@ -79,11 +79,10 @@ def _tissue_field(width: int, height: int, seed: int) -> np.ndarray:
 def _atlases(seed: int) -> list[np.ndarray]:
     """Sharp, mildly blurred (class 8) and strongly blurred (class 20) tissue textures."""
     from convfocus.demo import make_demo_tissue
-    from convfocus.synthesis.defocus import apply_blur
-    from convfocus.types import class_blur_radius_px
+    from convfocus.synthesis.defocus import apply_blur, class_centre_px
 
     sharp = make_demo_tissue(ATLAS, ATLAS, margin=0, seed=seed)
-    return [sharp] + [apply_blur(sharp, "bokeh", class_blur_radius_px(c)) for c in (8, 20)]
+    return [sharp] + [apply_blur(sharp, "bokeh", class_centre_px(c)) for c in (8, 20)]
 
 
 def _levels(width: int, height: int) -> list[tuple[int, int]]:

@@ -18,6 +18,7 @@ from convfocus.synthesis.defocus import (
     add_poisson_noise,
     apply_blur,
     blur_valid,
+    class_centre_px,
     class_interval,
     disk_kernel,
     gaussian_kernel,
@@ -74,6 +75,19 @@ def test_linear_variant_spreads_the_same_range_evenly() -> None:
         assert lo == pytest.approx(s + (c - 1) * width, rel=1e-12)
         assert hi - lo == pytest.approx(width, rel=1e-9)
     assert class_interval(29, spacing="linear") == pytest.approx((s * math.exp(3.0), 200.0))
+
+
+@pytest.mark.parametrize("spacing", ["exponential", "linear"])
+def test_class_centre_lies_inside_its_interval_and_grows(spacing: str) -> None:
+    centres = [class_centre_px(c, spacing=spacing) for c in range(30)]
+    assert centres[0] == 0.0
+    for c in range(1, 30):
+        lo, hi = class_interval(c, spacing=spacing)
+        assert lo < centres[c] < hi
+    assert all(b > a for a, b in itertools.pairwise(centres))
+    # the paper's exponential centres: 1.4 e^((c - 0.5) 3/28) for classes 1..28
+    assert class_centre_px(16) == pytest.approx(1.4 * math.exp(15.5 * STEP), rel=1e-12)
+    assert class_centre_px(16, spacing="linear") != pytest.approx(class_centre_px(16))
 
 
 @pytest.mark.parametrize("bad", [{"c": 30}, {"c": -1}, {"c": 3, "kind": "box"},
@@ -161,11 +175,8 @@ def test_anti_aliased_radii_of_neighbouring_classes_differ(tissue: np.ndarray) -
 @pytest.mark.parametrize("kind", ["bokeh", "gaussian"])
 def test_more_blur_never_raises_gradient_energy(tissue: np.ndarray, kind: str) -> None:
     # metamorphic, on real tissue: class c + 1 is never sharper than class c
-    def centre(c: int) -> float:
-        lo, hi = class_interval(c, kind=kind)
-        return math.sqrt(lo * hi) if c else 0.0
-
-    energy = [grad_energy(apply_blur(tissue, kind, centre(c))) for c in range(30)]
+    energy = [grad_energy(apply_blur(tissue, kind, class_centre_px(c, kind=kind)))
+              for c in range(30)]
     assert all(b < a for a, b in itertools.pairwise(energy)), energy
 
 

@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 
 from convfocus import MODEL_MPP
-from convfocus.synthesis.defocus import apply_blur
-from convfocus.types import class_blur_radius_px
+from convfocus.synthesis.defocus import apply_blur, class_centre_px
 
 WIN = 139
 BLUR_CLASSES = [0, 4, 8, 12, 16, 20, 24]
@@ -60,7 +59,7 @@ def _windows(img: np.ndarray, stride: int = WIN) -> np.ndarray:
 
 def _blurred(img: np.ndarray, c: int) -> np.ndarray:
     """``img`` blurred with the bokeh kernel at the centre radius of class ``c``."""
-    return apply_blur(img, "bokeh", class_blur_radius_px(c)) if c else img
+    return apply_blur(img, "bokeh", class_centre_px(c)) if c else img
 
 
 def _classes(grader, windows: np.ndarray) -> np.ndarray:
@@ -110,7 +109,7 @@ def test_blurred_region_of_a_slide_grades_higher(grader, tmp_path: Path):
     sharp = make_demo_tissue(2048, 1536, margin=128, seed=3)
     x0, y0, x1, y1 = 640, 384, 1408, 1152  # a 768 px square inside the tissue
     blurred = sharp.copy()
-    r = class_blur_radius_px(16)
+    r = class_centre_px(16)
     m = int(np.ceil(r)) + 2
     blurred[y0:y1, x0:x1] = apply_blur(sharp[y0 - m : y1 + m, x0 - m : x1 + m], "bokeh",
                                        r)[m:-m, m:-m]

@@ -18,7 +18,7 @@ import torch
 from convfocus import MODEL_MPP, NUM_CLASSES
 from convfocus.errors import ConfigError, ModelError
 from convfocus.grading.infer import PreparedRegion, load_grader
-from convfocus.synthesis.defocus import apply_blur
+from convfocus.synthesis.defocus import apply_blur, class_centre_px
 from convfocus.training.checkpoint import (
     fold_normalisation,
     int8_path,
@@ -28,7 +28,7 @@ from convfocus.training.checkpoint import (
     save_model,
 )
 from convfocus.training.model import build_model
-from convfocus.types import ModelSpec, class_blur_radius_px
+from convfocus.types import ModelSpec
 from test_model import randomise_bn
 
 WIN, STRIDE = 139, 128
@@ -69,7 +69,7 @@ def regions() -> np.ndarray:
     side = STRIDE * CELLS + WIN - STRIDE
     big = np.concatenate([ihc, ihc[:, ::-1]], axis=1)
     big = np.concatenate([big, big[::-1]], axis=0)[:side, :side]
-    out = [big] + [apply_blur(big, "bokeh", class_blur_radius_px(c)) for c in (6, 18)]
+    out = [big] + [apply_blur(big, "bokeh", class_centre_px(c)) for c in (6, 18)]
     return np.ascontiguousarray(np.stack(out))
 
 

@@ -26,7 +26,7 @@ from convfocus.grading.scan import (
     tiles_rows,
 )
 from convfocus.io.slide import open_slide, write_pyramidal_tiff
-from convfocus.types import class_blur_radius_px
+from convfocus.synthesis.defocus import class_centre_px
 
 CMU = "slides/cmu-1-small-region.svs"  # Aperio, 2220 x 2967, 0.499 µm/px (20x), one level
 
@@ -121,7 +121,7 @@ def test_tiles_csv_columns_classes_and_coordinates(scanned: Path):
         assert float(r["confidence"]) == pytest.approx(p.max(), abs=1e-3)
         assert float(r["expected_class"]) == pytest.approx(p @ np.arange(NUM_CLASSES), abs=0.05)
         assert 0 <= float(r["expected_class"]) <= NUM_CLASSES - 1
-        blur = class_blur_radius_px(k) * s["graded_mpp"]
+        blur = class_centre_px(k) * s["graded_mpp"]
         assert float(r["blur_um"]) == pytest.approx(blur, abs=1e-3)
     cells = [(int(r["row"]), int(r["col"])) for r in rows]
     assert cells == sorted(set(cells))  # one row per window, row-major

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -47,15 +46,3 @@ class ModelSpec:
                 kw[key] = tuple(kw[key])
         return cls(**kw)
 
-
-def class_blur_radius_px(c: int, *, r0: float = 1.4, r_max: float = 200.0) -> float:
-    """Nominal (interval centre, geometric) bokeh radius of class ``c`` in model pixels.
-
-    Class 0 is in focus (0). References: r ~ U[1.4 e^((c-1)3/28), 1.4 e^(c 3/28)],
-    class 29 ~ U[1.4 e^3, 200] (Kohlberger et al. 2019).
-    """
-    if c <= 0:
-        return 0.0
-    if c >= NUM_CLASSES - 1:
-        return math.sqrt(r0 * math.exp(3.0) * r_max)
-    return r0 * math.exp((c - 0.5) * 3.0 / 28.0)

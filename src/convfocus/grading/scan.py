@@ -25,7 +25,7 @@ import numpy as np
 
 from convfocus import NUM_CLASSES
 from convfocus.errors import ConvFocusError, NoTissueError, OutputError
-from convfocus.types import class_blur_radius_px
+from convfocus.synthesis.defocus import class_centre_px
 
 log = logging.getLogger(__name__)
 
@@ -237,9 +237,12 @@ def _grade_region(grader: Any, region: Any, win: int, stride: int, nr: int, nc: 
 # --- outputs -----------------------------------------------------------------------------------
 
 
-def tiles_rows(g: Grading, *, blur_mpp: float) -> Iterator[list[Any]]:
-    """Rows of tiles.csv: one per graded window, row-major."""
-    for head, p in _tile_values(g, blur_mpp):
+def tiles_rows(
+    g: Grading, *, blur_mpp: float, spacing: str = "exponential"
+) -> Iterator[list[Any]]:
+    """Rows of tiles.csv: one per graded window, row-major; ``blur_um`` from the class
+    spacing of the model (``spacing``) at ``blur_mpp`` µm/px."""
+    for head, p in _tile_values(g, blur_mpp, spacing):
         yield [*head, *(_P_FORMAT % p).split(",")]
 
 
@@ -248,13 +251,13 @@ _P_FORMAT = ",".join(["%.4f"] * NUM_CLASSES)
 
 
 def _tile_values(
-    g: Grading, blur_mpp: float, chunk: int = 8192
+    g: Grading, blur_mpp: float, spacing: str, chunk: int = 8192
 ) -> Iterator[tuple[tuple[Any, ...], tuple[float, ...]]]:
     """(x, y, row, col, class, expected class, confidence, blur) and the normalised
     probabilities of each graded window; numpy over chunks of windows, Python per row
     only where tiles.csv needs Python's own rounding."""
     idx = np.arange(NUM_CLASSES, dtype=np.float64)
-    blur = [round(class_blur_radius_px(k) * blur_mpp, 3) for k in range(NUM_CLASSES)]
+    blur = [round(class_centre_px(k, spacing=spacing) * blur_mpp, 3) for k in range(NUM_CLASSES)]
     ox, oy = g.grid.l0_origin_px
     s = g.l0_stride_px
     cells = g.grid.cells
@@ -275,12 +278,12 @@ TILES_HEADER = ["x_px", "y_px", "row", "col", "oof_class", "expected_class", "co
                 "blur_um", *(f"p{i}" for i in range(NUM_CLASSES))]
 
 
-def _write_tiles(path: Path, g: Grading, blur_mpp: float) -> None:
+def _write_tiles(path: Path, g: Grading, blur_mpp: float, spacing: str) -> None:
     # the lines csv.writer would write (no field needs quoting), at a fraction of the cost
     with open(path, "w", newline="") as fh:
         fh.write(",".join(TILES_HEADER) + "\n")
         fh.writelines(f"{x},{y},{r},{c},{k},{e!r},{m!r},{b!r},{_P_FORMAT % p}\n"
-                      for (x, y, r, c, k, e, m, b), p in _tile_values(g, blur_mpp))
+                      for (x, y, r, c, k, e, m, b), p in _tile_values(g, blur_mpp, spacing))
 
 
 def ensure_output_root(out_root: Path) -> None:
@@ -375,7 +378,7 @@ def write_outputs(
 
     spec = grader.spec
     blur_mpp = g.extra["slide_mpp"] if opts.native else spec.mpp
-    _write_tiles(folder / "tiles.csv", g, blur_mpp)
+    _write_tiles(folder / "tiles.csv", g, blur_mpp, spec.spacing)
     np.save(folder / "classmap.npy", g.classmap)
     np.save(folder / "probs.npy", g.probs)
     grid_d = {

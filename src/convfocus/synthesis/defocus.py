@@ -75,6 +75,29 @@ def class_interval(
     return (lo + (c - 1) * width, lo + c * width)
 
 
+def class_centre_px(
+    c: int,
+    *,
+    kind: str = "bokeh",
+    spacing: str = "exponential",
+    scale: float | None = None,
+    maximum: float | None = None,
+    num_classes: int = NUM_CLASSES,
+) -> float:
+    """Nominal blur parameter of class ``c`` in pixels: the geometric centre of its
+    :func:`class_interval` (the bokeh radius by default; 0 for class 0, in focus).
+
+    The one class -> nominal blur rule: the blur of a check image, the demo slide, the
+    calibration and ``blur_um`` in tiles.csv all come from here, with the spacing and
+    scale of the model or experiment at hand.
+
+    References: Kohlberger et al. 2019, Methods (class intervals) and Figure 4 (class centres).
+    """
+    lo, hi = class_interval(c, kind=kind, spacing=spacing, scale=scale, maximum=maximum,
+                            num_classes=num_classes)
+    return math.sqrt(lo * hi)
+
+
 def sample_blur_param(
     c: int,
     rng: np.random.Generator,

@@ -20,7 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from convfocus.synthesis.defocus import apply_blur, class_interval
+from convfocus.synthesis.defocus import apply_blur, class_centre_px
 
 #: Classes whose interval-centre bokeh radius is applied in the blur-response check.
 BLUR_STEPS = (0, 4, 8, 12, 16, 20, 24, 28)
@@ -52,16 +52,11 @@ def mean_class(grader: Any, windows: np.ndarray) -> float:
     return float(grader.predict_windows(windows).argmax(1).mean())
 
 
-def centre_radius(c: int) -> float:
-    lo, hi = class_interval(c)
-    return float(np.sqrt(lo * hi)) if hi > 0 else 0.0
-
-
 def blur_response(grader: Any, rgb: np.ndarray, steps: tuple[int, ...] = BLUR_STEPS) -> dict:
     """Mean predicted class of the image blurred to each class's centre radius."""
     means = []
     for c in steps:
-        blurred = apply_blur(rgb, "bokeh", centre_radius(c))
+        blurred = apply_blur(rgb, "bokeh", class_centre_px(c))
         means.append(mean_class(grader, tissue_windows(blurred)))
     mono = all(b > a for a, b in pairwise(means))
     return {"classes": list(steps), "mean_pred": [round(m, 2) for m in means],
