@@ -16,6 +16,7 @@ import pytest
 
 from convfocus.cli import main
 from convfocus.errors import ConfigError, OutputError
+from convfocus.io.atomic import is_temp_name
 from convfocus.web.rating import (
     LABELS,
     RatingApp,
@@ -282,7 +283,7 @@ def test_export_layout(folder: Path, tmp_path: Path) -> None:
     assert agreement["categories"] == list(LABELS)
     with pytest.raises(OutputError):  # never overwrite a pool
         export_consensus(folder, pool)
-    assert not any(p.name.startswith(".pool.tmp") for p in tmp_path.iterdir())
+    assert not any(is_temp_name(p.name) for p in tmp_path.iterdir())
 
 
 def test_export_without_labels_is_a_clear_error(folder: Path, tmp_path: Path) -> None:

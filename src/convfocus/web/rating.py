@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
 import shutil
 import sqlite3
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from convfocus.errors import ConfigError, OutputError
+from convfocus.io.atomic import atomic_folder
 from convfocus.training.sampling import MANIFEST_NAME, PATCH_DIR, PatchRecord, read_manifest
 from convfocus.web.server import HttpError, Request, Response, safe_child, static_file
 
@@ -285,35 +285,31 @@ def export_consensus(folder: str | Path, pool: str | Path, *, min_raters: int = 
     stats["consensus_in_focus"] = len(keep)
     if pool.exists() and (not pool.is_dir() or any(pool.iterdir())):
         raise OutputError("exists and is not an empty folder", pool)
-    tmp = pool.with_name(f".{pool.name}.tmp-{os.getpid()}")
     try:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        (tmp / PATCH_DIR).mkdir(parents=True)
-        chosen: list[tuple[PatchRecord, str]] = []
-        names: set[str] = set()
-        val = validation_sources((r.source for r in records if r.patch in keep), val_fraction)
-        for r in records:
-            if r.patch not in keep:
-                continue
-            name = Path(r.patch).name
-            if name in names:
-                name = f"{len(names):06d}_{name}"
-            names.add(name)
-            rel = f"{PATCH_DIR}/{name}"
-            shutil.copyfile(safe_src(folder, r.patch), tmp / rel)
-            chosen.append((PatchRecord(rel, r.source, r.x_px, r.y_px, r.mpp, r.mean_luma),
-                           "val" if r.source in val else "train"))
-        _write_pool_manifest(tmp / MANIFEST_NAME, chosen)
-        stats["split"] = {"train": sum(s == "train" for _, s in chosen),
-                          "val": sum(s == "val" for _, s in chosen)}
-        (tmp / "agreement.json").write_text(
-            json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        if pool.exists():
-            pool.rmdir()
-        tmp.replace(pool)
+        pool.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_folder(pool) as tmp:  # an empty ``pool`` is replaced
+            (tmp / PATCH_DIR).mkdir()
+            chosen: list[tuple[PatchRecord, str]] = []
+            names: set[str] = set()
+            val = validation_sources((r.source for r in records if r.patch in keep),
+                                     val_fraction)
+            for r in records:
+                if r.patch not in keep:
+                    continue
+                name = Path(r.patch).name
+                if name in names:
+                    name = f"{len(names):06d}_{name}"
+                names.add(name)
+                rel = f"{PATCH_DIR}/{name}"
+                shutil.copyfile(safe_src(folder, r.patch), tmp / rel)
+                chosen.append((PatchRecord(rel, r.source, r.x_px, r.y_px, r.mpp, r.mean_luma),
+                               "val" if r.source in val else "train"))
+            _write_pool_manifest(tmp / MANIFEST_NAME, chosen)
+            stats["split"] = {"train": sum(s == "train" for _, s in chosen),
+                              "val": sum(s == "val" for _, s in chosen)}
+            (tmp / "agreement.json").write_text(
+                json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise OutputError(f"cannot write the pool: {exc.strerror or exc}", pool) from None
     return stats
 
