@@ -204,7 +204,7 @@ def _cpu() -> float:
 
 def plan(slide: Path, grader: Any, block: int) -> dict[str, Any]:
     """The scan's grid and blocks for this slide (the same functions the scan calls)."""
-    from convfocus.grading.scan import ScanOptions, _blocks, graded_mask
+    from convfocus.grading.scan import ScanOptions, _blocks
     from convfocus.grading.tiling import make_grid
     from convfocus.grading.tissue import tissue_mask
     from convfocus.io.slide import open_slide
@@ -215,11 +215,11 @@ def plan(slide: Path, grader: Any, block: int) -> dict[str, Any]:
         w0, h0 = reader.dimensions
         thumb = reader.get_thumbnail(opts.thumbnail_px)
         scale = float(reader.mpp) / spec.mpp
-    grid = make_grid(tissue_mask(thumb), w0 / thumb.shape[1], (w0, h0),
-                     window_l0_px=spec.window_px / scale, stride_l0_px=spec.stride_px / scale,
-                     min_tissue=opts.min_tissue)
-    graded = graded_mask(grid)
-    return {"grid": grid, "graded": graded, "blocks": _blocks(graded, block),
+    tgrid = make_grid(tissue_mask(thumb), w0 / thumb.shape[1], (w0, h0),
+                      window_l0_px=spec.window_px / scale, stride_l0_px=spec.stride_px / scale,
+                      min_tissue=opts.min_tissue)
+    graded = tgrid.mask()
+    return {"grid": tgrid.geometry, "graded": graded, "blocks": _blocks(graded, block),
             "scale": scale, "dimensions": (w0, h0)}
 
 
@@ -360,8 +360,7 @@ def outputs_child(width: int, height: int) -> None:
 
     from convfocus import NUM_CLASSES
     from convfocus.grading.scan import Grading, ScanOptions, write_outputs
-    from convfocus.grading.tiling import Grid
-    from convfocus.types import ModelSpec
+    from convfocus.types import GridGeometry, ModelSpec
 
     t0 = time.perf_counter()
     spec = ModelSpec(name="memory-check", version="0", arch="paper")
@@ -377,12 +376,11 @@ def outputs_child(width: int, height: int) -> None:
         probs[r] = e / e.sum(1, keepdims=True)
     classmap = probs.argmax(-1).astype(np.int16)
     cells = np.argwhere(np.ones((rows, cols), bool)).astype(np.int32)
-    grid = Grid((0.0, 0.0), float(spec.window_px), float(spec.stride_px), rows, cols, cells,
-                np.ones(len(cells), np.float32))
+    grid = GridGeometry((0.0, 0.0), float(spec.stride_px), float(spec.window_px), rows, cols)
     th_side = 2048
     th_ds = max(width, height) / th_side
     thumb = np.full((round(height / th_ds), round(width / th_ds), 3), 200, np.uint8)
-    g = Grading(classmap, probs, grid, float(spec.window_px), float(spec.stride_px), 1.0, 0.0,
+    g = Grading(classmap, probs, grid, cells, 1.0, 0.0,
                 {"slide_mpp": MODEL_MPP, "window_px": spec.window_px,
                  "stride_px": spec.stride_px, "blocks": 0, "thumbnail": thumb,
                  "th_downsample": th_ds})

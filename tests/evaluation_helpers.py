@@ -11,8 +11,7 @@ from typing import Any
 import numpy as np
 
 from convfocus.evaluation.annotations import read_grade_annotations, window_grades
-from convfocus.io.scanout import ScanGrid
-from convfocus.types import ModelSpec
+from convfocus.types import GridGeometry, ModelSpec
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TRUE_SLOPE = 29.0 / 6.0
@@ -86,7 +85,7 @@ def graded_slide(
     path = write_geojson(tmp / f"{stem}.geojson", feats)
     regions = read_grade_annotations(path, dimensions=(5200, 5200))
     r_idx, c_idx = np.divmod(np.arange(rows * cols), cols)
-    grid = ScanGrid(origin, stride, 139.0, rows, cols)
+    grid = GridGeometry(origin, stride, 139.0, rows, cols)
     grades, _ = window_grades(regions, grid.boxes(r_idx, c_idx))
     grade_map = grades.reshape(rows, cols)
     classes = rng.integers(0, 30, (rows, cols)).astype(float)  # outside regions: anything

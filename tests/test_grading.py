@@ -123,9 +123,9 @@ def test_blurred_region_of_a_slide_grades_higher(grader, tmp_path: Path):
             reader.close()
         maps[name] = g
     g = maps["sharp"]
-    s, w = g.l0_stride_px, g.l0_window_px
+    s, w = g.grid.l0_stride_px, g.grid.l0_window_px
     inside, outside = [], []
-    for row, col in g.grid.cells:
+    for row, col in g.cells:
         x, y = col * s, row * s
         if x >= x0 and y >= y0 and x + w <= x1 and y + w <= y1:
             inside.append((row, col))
@@ -195,7 +195,7 @@ def _mean_class(grader, path: Path, mpp: float) -> float:
         g = grade_slide(reader, grader, ScanOptions())
     finally:
         reader.close()
-    cells = g.grid.cells
+    cells = g.cells
     return float(g.classmap[cells[:, 0], cells[:, 1]].mean())
 
 

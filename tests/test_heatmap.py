@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from convfocus.grading import heatmap as hm
+from convfocus.types import GridGeometry
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -67,8 +68,8 @@ def test_check_classmap_rejects_bad_values(bad):
 
 def test_overlay_known_cell_lands_where_expected():
     # level-0 grid: origin (100, 50), stride 128; thumbnail 16x smaller
-    grid = {"l0_origin_px": [100, 50], "l0_stride_px": 128, "l0_window_px": 139,
-            "rows": 6, "cols": 8}
+    grid = GridGeometry.from_dict({"l0_origin_px": [100, 50], "l0_stride_px": 128,
+                                   "l0_window_px": 139, "rows": 6, "cols": 8})
     thumb = np.full((80, 90, 3), 255, np.uint8)
     cm = np.full((6, 8), -1)
     cm[2, 3] = 29
@@ -82,21 +83,21 @@ def test_overlay_known_cell_lands_where_expected():
     assert np.array_equal(out[22, 33], hm.class_colors()[29])
 
 
-def test_overlay_downsample_from_dimensions_or_grid_is_the_same():
+def test_overlay_downsample_from_dimensions_or_given_is_the_same():
     rng = np.random.default_rng(0)
     thumb = rng.integers(0, 255, (100, 150, 3), dtype=np.uint8)
     cm = rng.integers(-1, 30, (9, 14))
-    grid = hm.GridGeometry((7, 11), 128, 139, 9, 14)
+    grid = GridGeometry((7, 11), 128, 139, 9, 14)
     a = hm.overlay(thumb, cm, grid, l0_dimensions=(1920, 1280))
     b = hm.overlay(thumb, cm, grid, th_downsample=12.8)
-    c = hm.overlay(thumb, cm, {**grid.to_dict(), "th_downsample": 12.8})
+    c = hm.overlay(thumb, cm, grid, th_downsample=(12.8, 12.8))
     assert np.array_equal(a, b) and np.array_equal(a, c)
 
 
 def test_overlay_alpha_zero_and_non_tissue_keep_the_thumbnail():
     rng = np.random.default_rng(1)
     thumb = rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)
-    grid = hm.GridGeometry((0, 0), 100, 139, 4, 6)
+    grid = GridGeometry((0, 0), 100, 139, 4, 6)
     cm = rng.integers(0, 30, (4, 6))
     assert np.array_equal(hm.overlay(thumb, cm, grid, th_downsample=10, alpha=0.0), thumb)
     assert np.array_equal(
@@ -105,7 +106,7 @@ def test_overlay_alpha_zero_and_non_tissue_keep_the_thumbnail():
 
 
 def test_overlay_rejects_mismatched_shapes():
-    grid = hm.GridGeometry((0, 0), 128, 139, 3, 3)
+    grid = GridGeometry((0, 0), 128, 139, 3, 3)
     with pytest.raises(ValueError):
         hm.overlay(np.zeros((10, 10, 3), np.uint8), np.zeros((2, 3), int), grid,
                    th_downsample=40)
@@ -125,10 +126,9 @@ def test_heatmap_png_has_a_legend():
 
 def test_overlay_png_and_histogram_png_decode():
     thumb = np.full((50, 80, 3), 230, np.uint8)
-    grid = {"l0_origin_px": [0, 0], "l0_stride_px": 128, "l0_window_px": 139, "rows": 3,
-            "cols": 5, "th_downsample": 8.0}
+    grid = GridGeometry((0, 0), 128, 139, 3, 5)
     cm = np.arange(15).reshape(3, 5) * 2
-    ov = hm.overlay_png(thumb, cm, grid, title="overlay")
+    ov = hm.overlay_png(thumb, cm, grid, th_downsample=8.0, title="overlay")
     hist = hm.histogram_png(cm)
     for png in (ov, hist):
         assert png.startswith(PNG_SIGNATURE)
@@ -152,14 +152,3 @@ def test_rendering_never_touches_pyplot():
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
-
-def test_grid_geometry_from_an_object_with_the_same_names():
-    from types import SimpleNamespace
-
-    obj = SimpleNamespace(l0_origin_px=(3.0, 4.0), l0_stride_px=64.0, l0_window_px=69.5, rows=2,
-                          cols=5, cells=np.zeros((0, 2), int))
-    g = hm.GridGeometry.coerce(obj)
-    assert g.to_dict() == {"l0_origin_px": [3, 4], "l0_stride_px": 64, "l0_window_px": 69.5,
-                           "rows": 2, "cols": 5}
-    with pytest.raises(ValueError):
-        hm.GridGeometry.coerce({"rows": 2})

@@ -11,7 +11,6 @@ import pytest
 from scipy import ndimage
 
 from convfocus.errors import ConfigError
-from convfocus.grading.heatmap import GridGeometry
 from convfocus.grading.regions import (
     BUCKETS,
     PROFILES,
@@ -24,6 +23,7 @@ from convfocus.grading.regions import (
     verdict,
     verdict_rank,
 )
+from convfocus.types import GridGeometry
 
 GRID_ORIGIN = (40, 24)
 STRIDE = 128

@@ -11,10 +11,11 @@ import pytest
 from convfocus.grading import heatmap as hm
 from convfocus.grading import report as rp
 from convfocus.grading.regions import oof_regions
-from convfocus.types import ModelSpec
+from convfocus.types import GridGeometry, ModelSpec
 
 GRID = {"l0_origin_px": [16, 8], "l0_stride_px": 128, "l0_window_px": 139, "rows": 20,
         "cols": 30}
+GEOMETRY = GridGeometry.from_dict(GRID)
 DIMS = (16 + 29 * 128 + 139 + 5, 8 + 19 * 128 + 139 + 3)
 SPEC = ModelSpec(name="convfocus-test", version="9.9", arch="lite")
 
@@ -30,7 +31,7 @@ def _classmap() -> np.ndarray:
 def _summary(**kw):
     args = {
         "input_path": "/slides/case <1>.svs", "dimensions": DIMS, "slide_mpp": 0.25,
-        "spec": SPEC, "classmap": _classmap(), "grid": GRID, "runtime_s": 3.21,
+        "spec": SPEC, "classmap": _classmap(), "grid": GEOMETRY, "runtime_s": 3.21,
         "created_utc": "2024-01-01T00:00:00",
     }
     args.update(kw)
@@ -61,7 +62,7 @@ def test_summary_contents():
 
 def test_summary_without_pixel_size_has_no_area_and_uses_given_regions():
     cm = _classmap()
-    geo = oof_regions(cm, GRID, min_class=25)  # none
+    geo = oof_regions(cm, GEOMETRY, min_class=25)  # none
     s = _summary(slide_mpp=None, geojson=geo)
     assert s["tissue_area_mm2"] is None and s["mpp"] is None
     assert s["regions"]["count"] == 0 and s["regions"]["worst"] == []
@@ -86,10 +87,10 @@ def _report_html(summary=None):
     s = summary or _summary()
     return rp.render_report_html(
         s,
-        hm.overlay_png(thumb, cm, GRID, l0_dimensions=DIMS),
+        hm.overlay_png(thumb, cm, GEOMETRY, l0_dimensions=DIMS),
         hm.heatmap_png(cm),
         hm.histogram_png(cm),
-        geojson=oof_regions(cm, GRID),
+        geojson=oof_regions(cm, GEOMETRY),
     )
 
 

@@ -355,21 +355,21 @@ def test_window_and_stride_settings(pyramid_tiff: Path, grader):
     try:
         g = grade_slide(reader, grader, ScanOptions(window_px=139, stride_px=139))
         width, height = reader.dimensions
-        assert g.l0_stride_px == 139 and g.l0_window_px == 139
+        assert g.grid.l0_stride_px == 139 and g.grid.l0_window_px == 139
         assert (g.grid.rows, g.grid.cols) == ((height - 139) // 139 + 1, (width - 139) // 139 + 1)
         rows = list(tiles_rows(g, blur_mpp=0.25))
-        assert len(rows) == len(g.grid.cells) > 0
+        assert len(rows) == len(g.cells) > 0
         assert all(x % 139 == 0 and y % 139 == 0 for x, y, *_ in rows)
         # each class is the class of that window graded alone
-        cells = g.grid.cells[:: max(1, len(g.grid.cells) // 12)]
+        cells = g.cells[:: max(1, len(g.cells) // 12)]
         wins = np.stack([reader.read_region((int(c) * 139, int(r) * 139), 0, (139, 139))
                          for r, c in cells])
         k = grader.predict_windows(wins).argmax(1)
         np.testing.assert_array_equal(k, g.classmap[cells[:, 0], cells[:, 1]])
         # a larger window is resized to the model's 139 px and still gives one class per cell
         g2 = grade_slide(reader, grader, ScanOptions(window_px=256, stride_px=256))
-        assert g2.l0_window_px == 256 and len(g2.grid.cells) > 0
-        assert g2.classmap[g2.grid.cells[:, 0], g2.grid.cells[:, 1]].min() >= 0
+        assert g2.grid.l0_window_px == 256 and len(g2.cells) > 0
+        assert g2.classmap[g2.cells[:, 0], g2.cells[:, 1]].min() >= 0
     finally:
         reader.close()
 
@@ -383,7 +383,7 @@ def test_a_slide_one_window_wide_gives_one_window(tmp_path: Path, tissue_rgb: np
         g = grade_slide(reader, grader, ScanOptions())
     finally:
         reader.close()
-    assert (g.grid.rows, g.grid.cols) == (1, 1) and len(g.grid.cells) == 1
+    assert (g.grid.rows, g.grid.cols) == (1, 1) and len(g.cells) == 1
     assert 0 <= g.classmap[0, 0] < NUM_CLASSES
 
 

@@ -6,38 +6,38 @@ import numpy as np
 import pytest
 
 from convfocus.errors import ConfigError
-from convfocus.grading.tiling import Grid, grid_shape, make_grid
+from convfocus.grading.tiling import TissueGrid, grid_shape, make_grid
 
 WINDOW, STRIDE = 139.0, 128.0
 
 
-def _grid(mask: np.ndarray, ds: float, size: tuple[int, int], **kw: float) -> Grid:
+def _grid(mask: np.ndarray, ds: float, size: tuple[int, int], **kw: float) -> TissueGrid:
     return make_grid(mask, ds, size, window_l0_px=WINDOW, stride_l0_px=STRIDE, **kw)
 
 
 def test_empty_slide_has_no_cells() -> None:
     g = _grid(np.zeros((100, 100), bool), 16.0, (1600, 1600))
-    assert (g.rows, g.cols) == (12, 12)
+    assert (g.geometry.rows, g.geometry.cols) == (12, 12)
     assert g.cells.shape == (0, 2) and g.cells.dtype == np.int32
     assert g.tissue_fraction.shape == (0,) and len(g) == 0
 
 
 def test_slide_smaller_than_a_window_gives_empty_grid() -> None:
     g = _grid(np.ones((10, 10), bool), 13.8, (138, 1000))
-    assert g.cols == 0 and len(g) == 0
+    assert g.geometry.cols == 0 and len(g) == 0
 
 
 def test_slide_exactly_one_window_gives_one_cell() -> None:
     g = _grid(np.ones((139, 139), bool), 1.0, (139, 139))
-    assert (g.rows, g.cols) == (1, 1)
+    assert (g.geometry.rows, g.geometry.cols) == (1, 1)
     assert g.cells.tolist() == [[0, 0]]
     assert g.tissue_fraction.tolist() == [1.0]
-    assert g.l0_xy(0, 0) == (0.0, 0.0)
+    assert g.geometry.l0_xy(0, 0) == (0.0, 0.0)
 
 
 def test_one_window_wide_slide_gives_one_column() -> None:
     g = _grid(np.ones((100, 10), bool), 13.9, (139, 1390))
-    assert g.cols == 1 and g.rows == 10
+    assert g.geometry.cols == 1 and g.geometry.rows == 10
 
 
 @pytest.mark.parametrize(
@@ -56,9 +56,9 @@ def test_windows_lie_inside_slide() -> None:
         stride = float(rng.uniform(0.5, 1.0) * window)
         mask = np.ones((max(1, round(h / ds)), max(1, round(w / ds))), bool)
         g = make_grid(mask, ds, (w, h), window_l0_px=window, stride_l0_px=stride, min_tissue=0)
-        assert len(g) == g.rows * g.cols
+        assert len(g) == g.geometry.rows * g.geometry.cols
         if len(g):
-            last = g.l0_xy(g.rows - 1, g.cols - 1)
+            last = g.geometry.l0_xy(g.geometry.rows - 1, g.geometry.cols - 1)
             assert last[0] + window <= w + 1e-6 and last[1] + window <= h + 1e-6
             # one more stride would leave the slide
             assert last[0] + stride + window > w and last[1] + stride + window > h
@@ -72,7 +72,7 @@ def test_fraction_is_exact_area_share() -> None:
     l0 = np.kron(mask, np.ones((ds, ds), bool))
     g = make_grid(mask, float(ds), (400, 320), window_l0_px=37.0, stride_l0_px=29.0, min_tissue=0)
     for (r, c), frac in zip(g.cells, g.tissue_fraction, strict=True):
-        x, y = g.l0_xy(int(r), int(c))
+        x, y = g.geometry.l0_xy(int(r), int(c))
         assert frac == pytest.approx(
             l0[int(y) : int(y) + 37, int(x) : int(x) + 37].mean(), abs=1e-5
         )
@@ -88,7 +88,7 @@ def test_fractional_window_matches_brute_force() -> None:
     sub = 4  # supersample by 4 to integrate the half-pixel window edge
     fine = np.kron(l0, np.ones((sub, sub)))
     for (r, c), frac in zip(g.cells, g.tissue_fraction, strict=True):
-        x, y = g.l0_xy(int(r), int(c))
+        x, y = g.geometry.l0_xy(int(r), int(c))
         x0, y0, n = round(x * sub), round(y * sub), round(window * sub)
         assert frac == pytest.approx(fine[y0 : y0 + n, x0 : x0 + n].mean(), abs=1e-5)
 
@@ -124,7 +124,7 @@ def test_higher_threshold_gives_subset() -> None:
 def test_cells_in_row_major_order() -> None:
     rng = np.random.default_rng(4)
     g = _grid(rng.random((50, 50)) < 0.6, 16.0, (800, 800))
-    keys = g.cells[:, 0].astype(np.int64) * g.cols + g.cells[:, 1]
+    keys = g.cells[:, 0].astype(np.int64) * g.geometry.cols + g.cells[:, 1]
     assert np.all(np.diff(keys) > 0)
 
 
@@ -134,7 +134,7 @@ def test_tissue_maps_to_the_right_place() -> None:
     g = _grid(mask, 16.0, (2048, 1536), min_tissue=0.5)
     assert len(g) > 0
     for r, c in g.cells:
-        x, y = g.l0_xy(int(r), int(c))
+        x, y = g.geometry.l0_xy(int(r), int(c))
         assert 1280 - WINDOW / 2 <= x <= 1600 - WINDOW / 2
         assert 640 - WINDOW / 2 <= y <= 896 - WINDOW / 2
 
@@ -144,12 +144,12 @@ def test_anisotropic_downsample() -> None:
     mask[:, 10:] = False
     g = make_grid(mask, (10.0, 20.0), (200, 200), window_l0_px=50, stride_l0_px=50, min_tissue=0.5)
     assert sorted({int(c) for c in g.cells[:, 1]}) == [0, 1]
-    assert g.rows == 4
+    assert g.geometry.rows == 4
 
 
 def test_mask_smaller_than_slide_counts_as_no_tissue() -> None:
     g = _grid(np.ones((5, 5), bool), 16.0, (1600, 1600), min_tissue=0.01)
-    assert g.rows == 12 and len(g) < g.rows * g.cols  # only the top-left 80 x 80 px is masked
+    assert g.geometry.rows == 12 and len(g) < g.geometry.rows * g.geometry.cols  # only the top-left 80 x 80 px is masked
 
 
 @pytest.mark.parametrize("bad", [{"window_l0_px": 0}, {"stride_l0_px": -1}, {"min_tissue": 1.5}])

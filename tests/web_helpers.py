@@ -82,6 +82,7 @@ def make_scan_folder(root: Path, name: str = "slide-a", *, width: int = 1500,
     """
     from convfocus.grading.regions import oof_regions
     from convfocus.io.slide import write_png, write_pyramidal_tiff
+    from convfocus.types import GridGeometry
 
     folder = root / name
     folder.mkdir(parents=True)
@@ -114,7 +115,7 @@ def make_scan_folder(root: Path, name: str = "slide-a", *, width: int = 1500,
     np.save(folder / "probs.npy", probs)
     grid = {"l0_origin_px": [0.0, 0.0], "l0_stride_px": float(stride),
             "l0_window_px": float(window), "rows": rows, "cols": cols}
-    geo = oof_regions(cm, grid, mpp=mpp, l0_dimensions=(width, height))
+    geo = oof_regions(cm, GridGeometry.from_dict(grid), mpp=mpp, l0_dimensions=(width, height))
     (folder / "oof_regions.geojson").write_text(json.dumps(geo))
     import cv2
 

@@ -16,7 +16,7 @@ from convfocus.evaluation.annotations import (
     read_grade_annotations,
     window_grades,
 )
-from convfocus.io.scanout import ScanGrid
+from convfocus.types import GridGeometry
 from evaluation_helpers import feature, rect, write_geojson
 
 
@@ -37,7 +37,7 @@ def _brute_inside(boxes: np.ndarray, rings: list[np.ndarray], margin: int) -> np
 
 def test_windows_inside_match_a_pixel_raster() -> None:
     rng = np.random.default_rng(3)
-    grid = ScanGrid((5.0, 9.0), 32.0, 35.0, 40, 40)
+    grid = GridGeometry((5.0, 9.0), 32.0, 35.0, 40, 40)
     r, c = np.divmod(np.arange(40 * 40), 40)
     boxes = grid.boxes(r, c)
     for _ in range(4):  # random star-shaped polygons with a square hole

@@ -2,7 +2,7 @@
 
 A class map is an integer grid ``(rows, cols)`` of OOF classes ``0..num_classes-1``
 with ``-1`` where there is no tissue. Cell ``(row, col)`` belongs to the window
-grid described by :class:`GridGeometry` (the ``grid`` entry of ``summary.json``):
+grid described by :class:`~convfocus.types.GridGeometry` (``grid`` in ``summary.json``):
 it starts at level-0 pixel ``(x0 + col * stride, y0 + row * stride)``. Windows
 overlap (139 px window, 128 px stride), so for drawing each cell owns only its
 ``stride x stride`` square, which tiles the plane without gaps or overlaps.
@@ -17,8 +17,7 @@ strongly out of focus), Kohlberger et al. 2019, Figure 3.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -26,77 +25,9 @@ import numpy as np
 
 from convfocus import NUM_CLASSES
 from convfocus.types import OOF_BUCKETS as BUCKETS
+from convfocus.types import GridGeometry
 
 LEGEND_LABEL = "OOF class (0 in focus .. 29 strongly out of focus)"
-
-
-@dataclass(frozen=True)
-class GridGeometry:
-    """Where the cells of a class map lie on level 0 (and, optionally, on the thumbnail).
-
-    Cell ``(row, col)`` is the window at level-0 pixels
-    ``x0 + col * stride .. x0 + col * stride + window`` (same for y). The first five
-    fields match the ``grid`` entry of ``summary.json``. ``th_downsample`` (level-0
-    pixels per thumbnail pixel, one number or ``(ds_x, ds_y)``) maps the grid onto
-    the slide thumbnail for :func:`overlay`.
-    """
-
-    l0_origin_px: tuple[float, float]
-    l0_stride_px: float
-    l0_window_px: float
-    rows: int
-    cols: int
-    th_downsample: float | tuple[float, float] | None = None
-
-    @classmethod
-    def coerce(cls, grid: GridGeometry | Mapping[str, Any] | Any) -> GridGeometry:
-        """Accept a :class:`GridGeometry`, a ``summary.json`` ``grid`` mapping (extra keys
-        ignored, optional ``th_downsample``), or any object with the same attribute names."""
-        if isinstance(grid, GridGeometry):
-            return grid
-        names = ("l0_origin_px", "l0_stride_px", "l0_window_px", "rows", "cols")
-        if isinstance(grid, Mapping):
-            missing = [n for n in names if n not in grid]
-            if missing:
-                raise ValueError(f"grid is missing {missing}")
-            values = {n: grid[n] for n in names}
-            th_ds = grid.get("th_downsample")
-        else:
-            missing = [n for n in names if not hasattr(grid, n)]
-            if missing:
-                raise ValueError(f"grid object has no attribute(s) {missing}")
-            values = {n: getattr(grid, n) for n in names}
-            th_ds = getattr(grid, "th_downsample", None)
-        x0, y0 = values["l0_origin_px"]
-        stride = float(values["l0_stride_px"])
-        if not stride > 0:
-            raise ValueError(f"grid stride must be > 0, got {stride}")
-        if th_ds is not None and not isinstance(th_ds, (int, float)):
-            th_ds = (float(th_ds[0]), float(th_ds[1]))
-        return cls(
-            l0_origin_px=(_num(x0), _num(y0)),
-            l0_stride_px=_num(stride),
-            l0_window_px=_num(values["l0_window_px"]),
-            rows=int(values["rows"]),
-            cols=int(values["cols"]),
-            th_downsample=None if th_ds is None else th_ds,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The ``summary.json`` form (lists instead of tuples; ``th_downsample`` left out)."""
-        return {
-            "l0_origin_px": list(self.l0_origin_px),
-            "l0_stride_px": self.l0_stride_px,
-            "l0_window_px": self.l0_window_px,
-            "rows": self.rows,
-            "cols": self.cols,
-        }
-
-
-def _num(value: Any) -> float:
-    """An int when the value is integral (keeps JSON and coordinates tidy), else a float."""
-    f = float(value)
-    return int(f) if f.is_integer() else f  # type: ignore[return-value]
 
 
 def check_classmap(classmap: np.ndarray, *, num_classes: int = NUM_CLASSES) -> np.ndarray:
@@ -199,7 +130,7 @@ def upscale_nearest(image: np.ndarray, factor: int) -> np.ndarray:
 
 def thumbnail_class_index(
     th_shape: tuple[int, int],
-    grid: GridGeometry | Mapping[str, Any] | Any,
+    grid: GridGeometry,
     th_downsample: tuple[float, float],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Grid row of every thumbnail row and grid column of every thumbnail column.
@@ -209,16 +140,12 @@ def thumbnail_class_index(
     ``(r, c)`` covers thumbnail x from ``(x0 + c*stride) / ds_x`` to
     ``(x0 + c*stride + stride) / ds_x`` (same for y).
     """
-    g = GridGeometry.coerce(grid)
     th_h, th_w = th_shape
     ds_x, ds_y = th_downsample
-    x0, y0 = g.l0_origin_px
-    l0_x = (np.arange(th_w) + 0.5) * ds_x
-    l0_y = (np.arange(th_h) + 0.5) * ds_y
-    t_col = np.floor((l0_x - x0) / g.l0_stride_px).astype(np.int64)
-    t_row = np.floor((l0_y - y0) / g.l0_stride_px).astype(np.int64)
-    t_col[(t_col < 0) | (t_col >= g.cols)] = -1
-    t_row[(t_row < 0) | (t_row >= g.rows)] = -1
+    t_col = grid.col_of((np.arange(th_w) + 0.5) * ds_x)
+    t_row = grid.row_of((np.arange(th_h) + 0.5) * ds_y)
+    t_col[(t_col < 0) | (t_col >= grid.cols)] = -1
+    t_row[(t_row < 0) | (t_row >= grid.rows)] = -1
     return t_row, t_col
 
 
@@ -235,9 +162,7 @@ def _th_downsample(
     elif l0_dimensions is not None:
         ds = (l0_dimensions[0] / th_shape[1], l0_dimensions[1] / th_shape[0])
     else:
-        raise ValueError(
-            "give l0_dimensions (slide width, height) or th_downsample (here or in the grid)"
-        )
+        raise ValueError("give l0_dimensions (slide width, height) or th_downsample")
     if not (ds[0] > 0 and ds[1] > 0):
         raise ValueError(f"thumbnail downsample must be > 0, got {ds}")
     return ds
@@ -246,7 +171,7 @@ def _th_downsample(
 def overlay(
     thumbnail_rgb: np.ndarray,
     classmap: np.ndarray,
-    grid: GridGeometry | Mapping[str, Any] | Any,
+    grid: GridGeometry,
     *,
     l0_dimensions: tuple[int, int] | None = None,
     th_downsample: float | tuple[float, float] | None = None,
@@ -262,14 +187,13 @@ def overlay(
     classmap
         ``(rows, cols)`` classes, -1 = no tissue (left unpainted).
     grid
-        Grid geometry in level-0 pixels (:class:`GridGeometry` or its dict).
+        Where the cells lie on level 0.
     l0_dimensions
         Level-0 ``(width, height)``; the downsample per axis is ``width / w`` and
         ``height / h``. Ignored when ``th_downsample`` is given.
     th_downsample
-        Level-0 pixels per thumbnail pixel, one number or ``(ds_x, ds_y)``. When
-        neither this nor ``l0_dimensions`` is given, the grid's ``th_downsample``
-        is used.
+        Level-0 pixels per thumbnail pixel, one number or ``(ds_x, ds_y)``; this or
+        ``l0_dimensions`` must be given.
     alpha
         Opacity of the heatmap over tissue cells.
 
@@ -282,16 +206,13 @@ def overlay(
     if th.ndim != 3 or th.shape[2] not in (3, 4):
         raise ValueError(f"thumbnail must be (h, w, 3) RGB, got shape {th.shape}")
     th = th[..., :3].astype(np.float32)
-    g = GridGeometry.coerce(grid)
     cm = check_classmap(classmap, num_classes=num_classes)
-    if cm.shape != (g.rows, g.cols):
-        raise ValueError(f"class map shape {cm.shape} does not match grid {(g.rows, g.cols)}")
+    if cm.shape != grid.shape:
+        raise ValueError(f"class map shape {cm.shape} does not match grid {grid.shape}")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    if th_downsample is None and l0_dimensions is None:
-        th_downsample = g.th_downsample
     ds = _th_downsample(th.shape[:2], l0_dimensions, th_downsample)
-    t_row, t_col = thumbnail_class_index(th.shape[:2], g, ds)
+    t_row, t_col = thumbnail_class_index(th.shape[:2], grid, ds)
     cls = np.full(th.shape[:2], -1, dtype=np.int32)
     ys = np.flatnonzero(t_row >= 0)
     xs = np.flatnonzero(t_col >= 0)
@@ -437,7 +358,7 @@ def heatmap_png(
 def overlay_png(
     thumbnail_rgb: np.ndarray,
     classmap: np.ndarray,
-    grid: GridGeometry | Mapping[str, Any] | Any,
+    grid: GridGeometry,
     *,
     l0_dimensions: tuple[int, int] | None = None,
     th_downsample: float | tuple[float, float] | None = None,

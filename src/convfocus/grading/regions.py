@@ -19,7 +19,7 @@ References: Kohlberger et al., J Pathol Inform 2019, Introduction and Figure 1
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,8 @@ from scipy import ndimage
 
 from convfocus import NUM_CLASSES
 from convfocus.errors import ConfigError
-from convfocus.grading.heatmap import BUCKETS, GridGeometry, check_classmap
+from convfocus.grading.heatmap import BUCKETS, check_classmap
+from convfocus.types import GridGeometry
 
 __all__ = [
     "BUCKETS",
@@ -255,7 +256,7 @@ def _tidy(v: float) -> float:
 
 def oof_regions(
     classmap: np.ndarray,
-    grid: GridGeometry | Mapping[str, Any] | Any,
+    grid: GridGeometry,
     *,
     min_class: int = 10,
     min_cells: int = 2,
@@ -277,8 +278,7 @@ def oof_regions(
     classmap
         ``(rows, cols)`` classes, -1 = no tissue.
     grid
-        Grid geometry in level-0 pixels (:class:`~convfocus.grading.heatmap.GridGeometry` or
-        the ``summary.json`` ``grid`` dict).
+        Where the cells lie on level 0.
     min_class
         Lowest class counted as OOF (default 10: buckets 10-14 and above).
     min_cells
@@ -300,9 +300,9 @@ def oof_regions(
         ``measurements``.
     """
     cm = check_classmap(classmap)
-    g = GridGeometry.coerce(grid)
-    if cm.shape != (g.rows, g.cols):
-        raise ValueError(f"class map shape {cm.shape} does not match grid {(g.rows, g.cols)}")
+    g = grid
+    if cm.shape != g.shape:
+        raise ValueError(f"class map shape {cm.shape} does not match grid {g.shape}")
     if min_cells < 1:
         raise ValueError(f"min_cells must be >= 1, got {min_cells}")
     oof = cm >= min_class
@@ -434,7 +434,7 @@ def oof_pattern(
     lane_min_aspect: float = 3.0,
     lane_min_contrast: float = 0.4,
     lane_max_width_share: float = 0.5,
-    grid: GridGeometry | Mapping[str, Any] | Any | None = None,
+    grid: GridGeometry | None = None,
 ) -> dict[str, Any]:
     """Classify the spatial OOF pattern of a slide and look for scan lanes.
 
@@ -536,10 +536,9 @@ def oof_pattern(
         },
     }
     if grid is not None and lanes:
-        g = GridGeometry.coerce(grid)
-        origin = g.l0_origin_px[0] if direction == "vertical" else g.l0_origin_px[1]
+        origin = grid.l0_origin_px[0] if direction == "vertical" else grid.l0_origin_px[1]
         out["lane_positions_l0_px"] = [
-            [_tidy(origin + a * g.l0_stride_px), _tidy(origin + (b + 1) * g.l0_stride_px)]
+            [_tidy(origin + a * grid.l0_stride_px), _tidy(origin + (b + 1) * grid.l0_stride_px)]
             for a, b in lanes
         ]
     return out

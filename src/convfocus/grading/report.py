@@ -21,7 +21,7 @@ from urllib.parse import quote
 import numpy as np
 
 from convfocus import NUM_CLASSES, __version__
-from convfocus.grading.heatmap import GridGeometry, bucket_colors, check_classmap, class_colors
+from convfocus.grading.heatmap import bucket_colors, check_classmap, class_colors
 from convfocus.grading.regions import (
     BUCKETS,
     PROFILES,
@@ -35,7 +35,7 @@ from convfocus.grading.regions import (
     verdict,
 )
 from convfocus.io.atomic import to_jsonable
-from convfocus.types import ModelSpec
+from convfocus.types import GridGeometry, ModelSpec
 
 SUMMARY_SCHEMA = 1
 
@@ -59,7 +59,7 @@ def build_summary(
     slide_mpp: float | None,
     spec: ModelSpec,
     classmap: np.ndarray,
-    grid: GridGeometry | Mapping[str, Any] | Any,
+    grid: GridGeometry,
     runtime_s: float,
     native: bool = False,
     profile: Profile | str = "histology",
@@ -106,9 +106,9 @@ def build_summary(
         How many of the worst regions to list.
     """
     cm = check_classmap(classmap, num_classes=spec.num_classes)
-    g = GridGeometry.coerce(grid)
-    if cm.shape != (g.rows, g.cols):
-        raise ValueError(f"class map shape {cm.shape} does not match grid {(g.rows, g.cols)}")
+    g = grid
+    if cm.shape != g.shape:
+        raise ValueError(f"class map shape {cm.shape} does not match grid {g.shape}")
     prof = get_profile(profile)
     tissue = cm >= 0
     n = int(tissue.sum())

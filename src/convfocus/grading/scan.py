@@ -26,6 +26,7 @@ import numpy as np
 from convfocus import NUM_CLASSES
 from convfocus.errors import ConvFocusError, NoTissueError, OutputError
 from convfocus.synthesis.defocus import class_centre_px
+from convfocus.types import GridGeometry
 
 log = logging.getLogger(__name__)
 
@@ -66,19 +67,11 @@ class Grading:
 
     classmap: np.ndarray  # (rows, cols) int16, -1 = not graded
     probs: np.ndarray  # (rows, cols, 30) float16, 0 where not graded
-    grid: Any  # tiling.Grid
-    l0_window_px: float
-    l0_stride_px: float
+    grid: GridGeometry
+    cells: np.ndarray  # (N, 2) int32 [row, col] graded, row-major
     model_px_per_l0_px: float
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def graded_mask(grid: Any) -> np.ndarray:
-    """(rows, cols) bool: the grid's graded cells."""
-    graded = np.zeros((grid.rows, grid.cols), bool)
-    graded[grid.cells[:, 0], grid.cells[:, 1]] = True
-    return graded
 
 
 def _blocks(graded: np.ndarray, block: int) -> list[tuple[int, int, int, int]]:
@@ -165,18 +158,18 @@ def grade_slide(
     thumb = reader.get_thumbnail(opts.thumbnail_px)
     th_ds = w0 / thumb.shape[1]
     mask = tissue_mask(thumb)
-    grid = make_grid(mask, th_ds, (w0, h0), window_l0_px=l0_win, stride_l0_px=l0_stride,
-                     min_tissue=opts.min_tissue)
+    tgrid = make_grid(mask, th_ds, (w0, h0), window_l0_px=l0_win, stride_l0_px=l0_stride,
+                      min_tissue=opts.min_tissue)
     if min(w0, h0) < l0_win:
         raise NoTissueError(
             f"slide ({w0}x{h0} px) is smaller than one window ({l0_win:.0f} px)", reader.path)
-    if len(grid.cells) == 0:
+    if len(tgrid) == 0:
         raise NoTissueError("no tissue found (luma rule 0 < Y <= 0.8)", reader.path)
 
-    rows, cols = grid.rows, grid.cols
-    classmap = np.full((rows, cols), -1, np.int16)
-    probs = np.zeros((rows, cols, NUM_CLASSES), np.float16)
-    graded = graded_mask(grid)
+    grid = tgrid.geometry
+    classmap = np.full(grid.shape, -1, np.int16)
+    probs = np.zeros((*grid.shape, NUM_CLASSES), np.float16)
+    graded = tgrid.mask()
     blocks = _blocks(graded, opts.block)
     ox, oy = grid.l0_origin_px
 
@@ -215,7 +208,7 @@ def grade_slide(
             done += 1
             if progress is not None:
                 progress(done, len(blocks))
-    return Grading(classmap, probs, grid, l0_win, l0_stride, scale, time.perf_counter() - t0,
+    return Grading(classmap, probs, grid, tgrid.cells, scale, time.perf_counter() - t0,
                    {"slide_mpp": slide_mpp, "window_px": win, "stride_px": stride,
                     "blocks": len(blocks), "thumbnail": thumb, "th_downsample": th_ds})
 
@@ -259,8 +252,8 @@ def _tile_values(
     idx = np.arange(NUM_CLASSES, dtype=np.float64)
     blur = [round(class_centre_px(k, spacing=spacing) * blur_mpp, 3) for k in range(NUM_CLASSES)]
     ox, oy = g.grid.l0_origin_px
-    s = g.l0_stride_px
-    cells = g.grid.cells
+    s = g.grid.l0_stride_px
+    cells = g.cells
     for i in range(0, len(cells), chunk):
         rc = cells[i : i + chunk]
         p = g.probs[rc[:, 0], rc[:, 1]].astype(np.float64)
@@ -381,14 +374,8 @@ def write_outputs(
     _write_tiles(folder / "tiles.csv", g, blur_mpp, spec.spacing)
     np.save(folder / "classmap.npy", g.classmap)
     np.save(folder / "probs.npy", g.probs)
-    grid_d = {
-        "l0_origin_px": [float(g.grid.l0_origin_px[0]), float(g.grid.l0_origin_px[1])],
-        "l0_stride_px": float(g.l0_stride_px), "l0_window_px": float(g.l0_window_px),
-        "rows": int(g.grid.rows), "cols": int(g.grid.cols),
-    }
     thumb = g.extra["thumbnail"]
     write_png(folder / "thumbnail.png", thumb)
-    geom = heatmap.GridGeometry.coerce({**grid_d, "th_downsample": g.extra["th_downsample"]})
     # classmap.png: the class map itself, one square of cell_px per cell, RGBA with
     # transparent non-tissue (it lies over the grid exactly, for viewers);
     # heatmap.png: the same in jet colours with a legend, non-tissue transparent
@@ -396,15 +383,16 @@ def write_outputs(
     write_png(folder / "classmap.png", heatmap.heatmap_rgba(g.classmap, cell_px=cell_px))
     heat_png = heatmap.heatmap_png(g.classmap, background="none")
     write_bytes_atomic(folder / "heatmap.png", heat_png)
-    write_bytes_atomic(folder / "overlay.png", heatmap.overlay_png(thumb, g.classmap, geom))
-    geo = regions.oof_regions(g.classmap, geom, mpp=g.extra["slide_mpp"],
+    write_bytes_atomic(folder / "overlay.png", heatmap.overlay_png(
+        thumb, g.classmap, g.grid, th_downsample=g.extra["th_downsample"]))
+    geo = regions.oof_regions(g.classmap, g.grid, mpp=g.extra["slide_mpp"],
                               l0_dimensions=reader.dimensions)
     write_json_atomic(folder / "oof_regions.geojson", geo)
     summary = report.build_summary(
         # absolute, so the viewer finds the slide from any working directory
         input_path=os.path.abspath(slide), dimensions=reader.dimensions,
         slide_mpp=g.extra["slide_mpp"],
-        spec=spec, classmap=g.classmap, grid=grid_d,
+        spec=spec, classmap=g.classmap, grid=g.grid,
         runtime_s=time.perf_counter() - runtime_start, native=opts.native,
         profile=opts.profile, probs=g.probs, geojson=geo,
         slide_format=getattr(reader, "format", None),

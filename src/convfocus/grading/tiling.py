@@ -1,7 +1,8 @@
 """The grid of graded windows over level 0, from a low-resolution tissue mask.
 
 Pure array functions: no file access. Cell ``(row, col)`` covers the level-0 square
-``x = x0 + col * stride .. x + window``, ``y = y0 + row * stride .. y + window``.
+``x = x0 + col * stride .. x + window``, ``y = y0 + row * stride .. y + window``
+(:class:`~convfocus.types.GridGeometry`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from convfocus.errors import ConfigError
+from convfocus.types import GridGeometry
 
-__all__ = ["Grid", "grid_shape", "make_grid", "window_tissue_fraction"]
+__all__ = ["TissueGrid", "grid_shape", "make_grid", "window_tissue_fraction"]
 
 _EPS = 1e-9
 
@@ -26,29 +28,26 @@ def _xy(downsample: float | tuple[float, float]) -> tuple[float, float]:
     return float(downsample), float(downsample)
 
 
-@dataclass(frozen=True)
-class Grid:
-    """Windows to grade on a slide, in level-0 pixels.
+@dataclass(frozen=True, eq=False)
+class TissueGrid:
+    """The windows to grade on a slide: the grid over level 0 and its cells with tissue.
 
     References: window 139 px, stride 128 px at 40x (Kohlberger et al. 2019); both are
     scaled by ``model_mpp / slide_mpp`` for slides at other pixel sizes.
     """
 
-    l0_origin_px: tuple[float, float]  # level-0 top-left of cell (0, 0)
-    l0_window_px: float  # window side in level-0 px
-    l0_stride_px: float  # stride in level-0 px
-    rows: int
-    cols: int
+    geometry: GridGeometry
     cells: np.ndarray  # (N, 2) int32 [row, col] of cells to grade, row-major order
     tissue_fraction: np.ndarray  # (N,) float32
 
-    def l0_xy(self, row: int, col: int) -> tuple[float, float]:
-        """Level-0 top-left corner of cell ``(row, col)``."""
-        x0, y0 = self.l0_origin_px
-        return (x0 + col * self.l0_stride_px, y0 + row * self.l0_stride_px)
-
     def __len__(self) -> int:
         return int(self.cells.shape[0])
+
+    def mask(self) -> np.ndarray:
+        """``(rows, cols)`` bool: True at the cells to grade."""
+        out = np.zeros(self.geometry.shape, bool)
+        out[self.cells[:, 0], self.cells[:, 1]] = True
+        return out
 
 
 def grid_shape(
@@ -123,7 +122,7 @@ def make_grid(
     window_l0_px: float,
     stride_l0_px: float,
     min_tissue: float = 0.25,
-) -> Grid:
+) -> TissueGrid:
     """Windows over level 0 that hold enough tissue, from a thumbnail tissue mask.
 
     Parameters
@@ -137,7 +136,7 @@ def make_grid(
 
     Returns
     -------
-    :class:`Grid` with origin (0, 0); every window lies entirely inside the slide. A slide
+    :class:`TissueGrid` with origin (0, 0); every window lies entirely inside the slide. A slide
     smaller than one window gives an empty grid.
 
     References: window 139, stride 128 at 40x, tissue only (Kohlberger et al. 2019).
@@ -153,27 +152,13 @@ def make_grid(
     if not (ds[0] > 0 and ds[1] > 0):
         raise ValueError(f"th_downsample must be > 0, got {th_downsample}")
     rows, cols = grid_shape(l0_size, window_l0_px, stride_l0_px)
-    empty = Grid(
-        l0_origin_px=(0.0, 0.0),
-        l0_window_px=float(window_l0_px),
-        l0_stride_px=float(stride_l0_px),
-        rows=rows,
-        cols=cols,
-        cells=np.zeros((0, 2), dtype=np.int32),
-        tissue_fraction=np.zeros(0, dtype=np.float32),
-    )
+    geometry = GridGeometry(l0_origin_px=(0.0, 0.0), l0_stride_px=float(stride_l0_px),
+                            l0_window_px=float(window_l0_px), rows=rows, cols=cols)
     if rows == 0 or cols == 0 or mask.size == 0:
-        return empty
+        return TissueGrid(geometry, np.zeros((0, 2), dtype=np.int32),
+                          np.zeros(0, dtype=np.float32))
     xs = np.arange(cols, dtype=np.float64) * stride_l0_px
     ys = np.arange(rows, dtype=np.float64) * stride_l0_px
     frac = window_tissue_fraction(mask.astype(bool), ds, xs, ys, window_l0_px)  # (rows, cols)
     cells = np.argwhere(frac >= min_tissue - 1e-6).astype(np.int32)  # row-major
-    return Grid(
-        l0_origin_px=(0.0, 0.0),
-        l0_window_px=float(window_l0_px),
-        l0_stride_px=float(stride_l0_px),
-        rows=rows,
-        cols=cols,
-        cells=cells,
-        tissue_fraction=frac[cells[:, 0], cells[:, 1]].astype(np.float32),
-    )
+    return TissueGrid(geometry, cells, frac[cells[:, 0], cells[:, 1]].astype(np.float32))

@@ -17,24 +17,7 @@ from typing import Any
 import numpy as np
 
 from convfocus.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class ScanGrid:
-    """The window grid of one scan: cell (row, col) covers level-0 pixels
-    ``x0 + col * stride .. x0 + col * stride + window`` (and the same in y)."""
-
-    l0_origin_px: tuple[float, float]
-    l0_stride_px: float
-    l0_window_px: float
-    rows: int
-    cols: int
-
-    def boxes(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """Level-0 boxes ``(n, 4)`` as ``x0, y0, x1, y1`` of the given cells."""
-        x0 = self.l0_origin_px[0] + np.asarray(cols, np.float64) * self.l0_stride_px
-        y0 = self.l0_origin_px[1] + np.asarray(rows, np.float64) * self.l0_stride_px
-        return np.stack([x0, y0, x0 + self.l0_window_px, y0 + self.l0_window_px], axis=1)
+from convfocus.types import GridGeometry
 
 
 @dataclass(frozen=True)
@@ -42,7 +25,7 @@ class ScanOutput:
     """The parts of one slide's scan output that the evaluations need."""
 
     folder: Path
-    grid: ScanGrid
+    grid: GridGeometry
     dimensions: tuple[int, int] | None
     mpp: float | None
     summary: dict[str, Any]
@@ -61,15 +44,16 @@ def read_scan_output(folder: str | Path) -> ScanOutput:
     f = Path(folder)
     try:
         summary = json.loads((f / "summary.json").read_text())
-        g = summary["grid"]
-        grid = ScanGrid(
-            (float(g["l0_origin_px"][0]), float(g["l0_origin_px"][1])),
-            float(g["l0_stride_px"]), float(g["l0_window_px"]), int(g["rows"]), int(g["cols"]),
-        )
     except OSError as exc:
         raise ConfigError(f"no readable summary.json: {exc.strerror or exc}", f) from None
-    except (ValueError, KeyError, TypeError, IndexError) as exc:
-        raise ConfigError(f"summary.json has no valid grid ({exc})", f / "summary.json") from None
+    except ValueError as exc:
+        raise ConfigError(f"summary.json is not JSON ({exc})", f / "summary.json") from None
+    if not isinstance(summary, dict):
+        raise ConfigError("summary.json is not an object", f / "summary.json")
+    try:
+        grid = GridGeometry.from_dict(summary.get("grid"))
+    except ConfigError as exc:
+        raise ConfigError(exc.message, f / "summary.json") from None
     dims = summary.get("dimensions")
     dimensions = (int(dims[0]), int(dims[1])) if dims else None
     mpp = summary.get("mpp")

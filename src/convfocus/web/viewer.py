@@ -23,6 +23,7 @@ import numpy as np
 
 from convfocus import NUM_CLASSES
 from convfocus.errors import ConfigError, ConvFocusError, PixelSizeError
+from convfocus.types import GridGeometry
 from convfocus.web.server import HttpError, Request, Response, query_float, static_file
 
 log = logging.getLogger(__name__)
@@ -71,41 +72,6 @@ def dzi_xml(width: int, height: int, url: str, fmt: str, tile_px: int = TILE_PX)
         f'Format="{fmt}" Overlap="0" TileSize="{tile_px}">'
         f'<Size Width="{width}" Height="{height}"/></Image>\n'
     )
-
-
-class Grid:
-    """The window grid of a scan: window (row, col) covers x0 + col*s .. + w (level 0).
-
-    A point belongs to the cell whose ``stride x stride`` square holds it, as in
-    heatmap.png and oof_regions.geojson, so cells tile the plane without overlap.
-    """
-
-    def __init__(self, d: dict[str, Any]) -> None:
-        try:
-            self.x0, self.y0 = (float(v) for v in d["l0_origin_px"])
-            self.stride = float(d["l0_stride_px"])
-            self.window = float(d["l0_window_px"])
-            self.rows, self.cols = int(d["rows"]), int(d["cols"])
-        except (KeyError, TypeError, ValueError):
-            raise ConfigError("summary.json: malformed 'grid'") from None
-        if not (self.stride > 0 and self.window > 0 and self.rows >= 0 and self.cols >= 0):
-            raise ConfigError("summary.json: implausible 'grid'")
-
-    def col_of(self, l0_x: np.ndarray) -> np.ndarray:
-        """Column indices of level-0 x coordinates (may be out of range)."""
-        return np.floor((l0_x - self.x0) / self.stride).astype(np.int64)
-
-    def row_of(self, l0_y: np.ndarray) -> np.ndarray:
-        """Row indices of level-0 y coordinates (may be out of range)."""
-        return np.floor((l0_y - self.y0) / self.stride).astype(np.int64)
-
-    def cell_box(self, row: int, col: int) -> list[float]:
-        """[x, y, w, h] of a window in level-0 pixels."""
-        return [self.x0 + col * self.stride, self.y0 + row * self.stride, self.window,
-                self.window]
-
-
-# --- pixel sources ---------------------------------------------------------------------------
 
 
 def _resize(rgb: np.ndarray, size: tuple[int, int], *, nearest: bool = False) -> np.ndarray:
@@ -266,7 +232,10 @@ class ScanView:
             raise ConfigError("unreadable summary.json", folder) from None
         if not isinstance(self.summary, dict):
             raise ConfigError("summary.json is not an object", folder)
-        self.grid = Grid(self.summary.get("grid") or {})
+        try:
+            self.grid = GridGeometry.from_dict(self.summary.get("grid"))
+        except ConfigError as exc:
+            raise ConfigError(exc.message, folder) from None
         try:
             w, h = (int(v) for v in self.summary["dimensions"])
         except (KeyError, TypeError, ValueError):
@@ -446,7 +415,7 @@ class ScanView:
         if not (0 <= row < self.grid.rows and 0 <= col < self.grid.cols):
             return base
         c = int(self.classmap[row, col])
-        base.update(row=row, col=col, window_l0_px=self.grid.cell_box(row, col))
+        base.update(row=row, col=col, window_l0_px=[*self.grid.l0_xy(row, col), self.grid.l0_window_px, self.grid.l0_window_px])
         if c < 0:
             return base
         base.update({"class": c, "tissue": True})
