@@ -64,7 +64,7 @@ def _sync() -> None:
 
 def model_only(slide: Path, grader: Any, plan: dict[str, Any], seconds: float) -> dict[str, Any]:
     from convfocus.grading.scan import read_model_region
-    from convfocus.io.slide import open_slide
+    from convfocus.io.readers import open_slide
 
     spec = grader.spec
     win, stride, scale = spec.window_px, spec.stride_px, plan["scale"]
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from convfocus.grading.infer import load_grader
     from convfocus.grading.scan import ScanOptions, grade_slide, scan_path
-    from convfocus.io.slide import open_slide
+    from convfocus.io.readers import open_slide
 
     width, height = (int(v) for v in args.size.lower().split("x"))
     slide = st.cached_slide(width, height)

@@ -37,7 +37,8 @@ def images() -> dict[str, np.ndarray]:
     from skimage import data
 
     from convfocus.demo import IHC_MPP
-    from convfocus.io.slide import open_slide, read_image
+    from convfocus.io.images import read_image
+    from convfocus.io.readers import open_slide
     from convfocus.synthesis.defocus import apply_blur, class_centre_px
 
     f = IHC_MPP / MODEL_MPP

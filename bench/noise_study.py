@@ -24,7 +24,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from convfocus.io.slide import open_slide, read_image
+from convfocus.io.images import read_image
+from convfocus.io.readers import open_slide
 from convfocus.synthesis.defocus import (
     SynthesisConfig,
     add_poisson_noise,

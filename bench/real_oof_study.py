@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from convfocus.grading.infer import load_grader
-from convfocus.io.slide import read_image
+from convfocus.io.images import read_image, resize
 from convfocus.synthesis.defocus import (
     add_poisson_noise,
     apply_blur,
@@ -37,7 +37,7 @@ from convfocus.synthesis.defocus import (
     jpeg_roundtrip,
     scale_density,
 )
-from convfocus.training.modelcheck import rescale, windows_of
+from convfocus.training.modelcheck import windows_of
 from convfocus.training.pool import MODEL_MPP, estimate_mpp, resample_to
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-oof"
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     print("1. scale (mean argmax class / mean expected class)")
     print(f"{'factor':>14} {'in focus':>14} {'out of focus':>14}")
     for f in (0.5, 1.0, 1.44, 2.0):
-        a_, b_ = grade(g, rescale(inf, f)), grade(g, rescale(oof, f))
+        a_, b_ = grade(g, resize(inf, scale=f)), grade(g, resize(oof, scale=f))
         print(f"{f:>14g} {a_[0]:6.2f} /{a_[1]:5.2f} {b_[0]:6.2f} /{b_[1]:5.2f}")
     mi, mo = estimate_mpp(inf), estimate_mpp(oof)
     if mi and mo:

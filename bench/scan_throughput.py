@@ -150,7 +150,7 @@ def _tile_renderer(width: int, height: int, seed: int) -> Callable[[int, int, in
 
 def build_slide(path: Path, width: int, height: int, *, seed: int = 11) -> Path:
     """Write the benchmark slide tile by tile (pyramid in SubIFDs, as
-    :func:`convfocus.io.slide.write_pyramidal_tiff` lays it out)."""
+    :func:`convfocus.io.images.write_pyramidal_tiff` lays it out)."""
     import tifffile
 
     from convfocus.io.atomic import write_atomic
@@ -207,7 +207,7 @@ def plan(slide: Path, grader: Any, block: int) -> dict[str, Any]:
     from convfocus.grading.scan import ScanOptions, _blocks
     from convfocus.grading.tiling import make_grid
     from convfocus.grading.tissue import tissue_mask
-    from convfocus.io.slide import open_slide
+    from convfocus.io.readers import open_slide
 
     opts = ScanOptions(block=block)
     spec = grader.spec
@@ -235,7 +235,7 @@ def _region_box(p: dict[str, Any], b: tuple[int, int, int, int], spec: Any) -> t
 
 def decode_floor(slide: Path, p: dict[str, Any], spec: Any, threads: int) -> dict[str, float]:
     """Read and decode every level-0 tile the graded regions touch, once, on ``threads``."""
-    from convfocus.io.slide import open_slide
+    from convfocus.io.readers import open_slide
 
     tiles: set[tuple[int, int]] = set()
     for b in p["blocks"]:
@@ -266,7 +266,7 @@ def model_only(slide: Path, p: dict[str, Any], graders: dict[str, Any],
     exactly, tissue windows only); on a sample of blocks also with the dense pass and int8.
     Timed: converting the region and grading it; not timed: reading and decoding it."""
     from convfocus.grading.scan import read_model_region
-    from convfocus.io.slide import open_slide
+    from convfocus.io.readers import open_slide
 
     fp32 = graders["fp32"]
     spec = fp32.spec

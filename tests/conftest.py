@@ -55,7 +55,7 @@ def tissue_rgb() -> np.ndarray:
 @pytest.fixture(scope="session")
 def pyramid_tiff(tmp_path_factory: pytest.TempPathFactory, tissue_rgb: np.ndarray) -> Path:
     """Pyramidal tiled JPEG TIFF (SubIFDs, 256 px tiles, q80) of ``tissue_rgb`` at 0.25 µm/px."""
-    from convfocus.io.slide import write_pyramidal_tiff
+    from convfocus.io.images import write_pyramidal_tiff
 
     path = tmp_path_factory.mktemp("slides") / "ihc-pyramid.tif"
     return write_pyramidal_tiff(path, tissue_rgb, mpp=SLIDE_MPP)
@@ -64,7 +64,7 @@ def pyramid_tiff(tmp_path_factory: pytest.TempPathFactory, tissue_rgb: np.ndarra
 @pytest.fixture(scope="session")
 def aperio_tiff(tmp_path_factory: pytest.TempPathFactory, tissue_rgb: np.ndarray) -> Path:
     """The same slide in the Aperio SVS layout (thumbnail page, ``MPP`` in the description)."""
-    from convfocus.io.slide import write_pyramidal_tiff
+    from convfocus.io.images import write_pyramidal_tiff
 
     path = tmp_path_factory.mktemp("slides") / "ihc-aperio.svs"
     return write_pyramidal_tiff(path, tissue_rgb, mpp=SLIDE_MPP, aperio=True)

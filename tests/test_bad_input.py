@@ -15,7 +15,7 @@ import pytest
 
 from convfocus.cli import main
 from convfocus.io.atomic import is_temp_name
-from convfocus.io.slide import write_pyramidal_tiff
+from convfocus.io.images import write_pyramidal_tiff
 
 # --- helpers -----------------------------------------------------------------------------------
 
@@ -226,13 +226,13 @@ def test_full_disk_in_an_image_writer(tmp_path: Path, good_slide: Path, fixture_
                                       capsys, monkeypatch):
     """A writer that raises its own OutputError naming a file in the temporary folder: the
     line names the slide's output folder, not the temporary one."""
-    import convfocus.io.slide as slide_mod
     from convfocus.errors import OutputError
+    from convfocus.io import images
 
     def full(path, *a, **kw):
         raise OutputError(f"cannot write: {os.strerror(errno.ENOSPC)}", path)
 
-    monkeypatch.setattr(slide_mod, "write_png", full)
+    monkeypatch.setattr(images, "write_png", full)
     out = tmp_path / "out"
     rc, _, err = _scan(capsys, fixture_model, out, good_slide)
     line = _assert_one_clear_line(rc, err, str(out / good_slide.stem), "no space left on device")

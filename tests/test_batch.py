@@ -19,7 +19,7 @@ from convfocus.errors import ConfigError
 from convfocus.grading.batch import SlideJob, expand_inputs, run_batch
 from convfocus.grading.scan import ScanOptions, is_complete
 from convfocus.io.atomic import is_temp_name
-from convfocus.io.slide import write_pyramidal_tiff
+from convfocus.io.images import write_pyramidal_tiff
 
 # --- expand_inputs -----------------------------------------------------------------------------
 
@@ -47,6 +47,16 @@ def test_expand_folder_finds_slides_recursively(tmp_path: Path):
     jobs = expand_inputs([root])
     assert sorted(j.path for j in jobs) == sorted(found)
     assert [j.path for j in jobs] == sorted(j.path for j in jobs)
+
+
+def test_a_folder_holding_a_dicom_wsi_is_one_job(tmp_path: Path):
+    """It was one job per .dcm instance plus one for the folder."""
+    root = tmp_path / "slides"
+    a = _touch(root / "a.svs")
+    for name in ("level-0.dcm", "level-1.dcm", "label.dcm"):
+        _touch(root / "case-7" / name)
+    assert [j.path for j in expand_inputs([root])] == [a, root / "case-7"]
+    assert [j.path for j in expand_inputs([root / "case-7"])] == [root / "case-7"]
 
 
 def test_expand_csv_manifest_with_mpp(tmp_path: Path):

@@ -98,7 +98,7 @@ def test_cli_calibrate_on_an_image(tmp_path: Path, capsys: pytest.CaptureFixture
     from skimage import data
 
     from convfocus.cli import main
-    from convfocus.io.slide import write_png
+    from convfocus.io.images import write_png
 
     img = write_png(tmp_path / "ihc.png", data.immunohistochemistry()[:320, :320])
     assert main(["calibrate", str(img), "--mpp", "0.25", "--per-source", "1"]) == 0

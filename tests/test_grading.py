@@ -104,7 +104,8 @@ def test_flips_and_rotations_change_the_class_by_at_most_one(grader, ihc: np.nda
 def test_blurred_region_of_a_slide_grades_higher(grader, tmp_path: Path):
     from convfocus.demo import make_demo_tissue
     from convfocus.grading.scan import ScanOptions, grade_slide
-    from convfocus.io.slide import open_slide, write_pyramidal_tiff
+    from convfocus.io.images import write_pyramidal_tiff
+    from convfocus.io.readers import open_slide
 
     sharp = make_demo_tissue(2048, 1536, margin=128, seed=3)
     x0, y0, x1, y1 = 640, 384, 1408, 1152  # a 768 px square inside the tissue
@@ -188,7 +189,7 @@ def test_demo_slide_shows_the_stripe_and_the_patch(grader, tmp_path: Path):
 
 def _mean_class(grader, path: Path, mpp: float) -> float:
     from convfocus.grading.scan import ScanOptions, grade_slide
-    from convfocus.io.slide import open_slide
+    from convfocus.io.readers import open_slide
 
     reader = open_slide(path, mpp=mpp)
     try:

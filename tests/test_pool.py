@@ -9,7 +9,7 @@ import pytest
 
 from convfocus.errors import ConfigError
 from convfocus.grading.tissue import tissue_mask
-from convfocus.io.slide import read_image, write_png
+from convfocus.io.images import read_image, write_png
 from convfocus.training.pool import (
     PATCH_PX,
     build_pool,

@@ -10,11 +10,12 @@ import pytest
 
 from convfocus.cli import main
 from convfocus.errors import NoTissueError, OutputError, PixelSizeError
-from convfocus.io.slide import open_slide, read_image, write_image, write_pyramidal_tiff
+from convfocus.io.formats import find_slides
+from convfocus.io.images import read_image, write_image, write_pyramidal_tiff
+from convfocus.io.readers import open_slide
 from convfocus.training.sampling import (
     MANIFEST_FIELDS,
     candidate_positions,
-    find_slides,
     mean_luma,
     read_manifest,
     sample_patches,
@@ -140,7 +141,7 @@ def test_select_densest_skips_overlaps() -> None:
 
 def test_find_slides_expands_folders(slides: dict[str, Path]) -> None:
     folder = slides["tif"].parent
-    found = find_slides([folder])
+    found = find_slides([folder], recursive=False)  # as `convfocus sample` looks
     assert set(found) == {slides["tif"], slides["blank"], slides["png"]}
 
 

@@ -25,7 +25,8 @@ from convfocus.grading.scan import (
     scan_path,
     tiles_rows,
 )
-from convfocus.io.slide import open_slide, write_pyramidal_tiff
+from convfocus.io.images import write_pyramidal_tiff
+from convfocus.io.readers import open_slide
 from convfocus.synthesis.defocus import class_centre_px
 
 CMU = "slides/cmu-1-small-region.svs"  # Aperio, 2220 x 2967, 0.499 µm/px (20x), one level

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from convfocus.grading.tissue import luma, pen_mask, tissue_mask
-from convfocus.io.slide import read_image
+from convfocus.io.images import read_image
 
 RAW = {"min_object_px": 0, "fill_holes": False}  # the bare rule, no cleaning
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convfocus.io.slide import write_png
+from convfocus.io.images import write_png
 from convfocus.synthesis.defocus import SynthesisConfig
 from convfocus.training import train as train_mod
 from convfocus.training.checkpoint import load_model

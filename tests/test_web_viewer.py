@@ -16,7 +16,7 @@ import tifffile
 from convfocus.cli import main
 from convfocus.errors import ConfigError, ConvFocusError
 from convfocus.grading.heatmap import class_colors
-from convfocus.io.slide import open_slide
+from convfocus.io.readers import open_slide
 from convfocus.web.viewer import ViewerApp, dzi_max_level, dzi_tile_box
 from web_helpers import browser_or_skip, get_json, http, make_scan_folder, serving
 

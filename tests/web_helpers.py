@@ -56,7 +56,7 @@ def ihc_texture(h: int, w: int) -> np.ndarray:
 
 def make_patch_folder(folder: Path, n: int = 3, size: int = 300) -> list[str]:
     """A folder as `convfocus sample` writes it: patches/*.png + manifest.csv."""
-    from convfocus.io.slide import write_image
+    from convfocus.io.images import write_image
     from convfocus.training.sampling import PatchRecord, mean_luma, write_manifest
 
     (folder / "patches").mkdir(parents=True, exist_ok=True)
@@ -81,7 +81,7 @@ def make_scan_folder(root: Path, name: str = "slide-a", *, width: int = 1500,
     Probabilities peak at the cell's class.
     """
     from convfocus.grading.regions import oof_regions
-    from convfocus.io.slide import write_png, write_pyramidal_tiff
+    from convfocus.io.images import write_png, write_pyramidal_tiff
     from convfocus.types import GridGeometry
 
     folder = root / name

@@ -597,9 +597,10 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_sample(args: argparse.Namespace) -> int:
-    from convfocus.training.sampling import find_slides, sample_patches
+    from convfocus.io.formats import find_slides
+    from convfocus.training.sampling import sample_patches
 
-    slides = find_slides(args.slides)
+    slides = find_slides(args.slides, recursive=False)
     records, skipped = sample_patches(
         slides, args.out, k=args.k, n_candidates=max(args.candidates, args.k), seed=args.seed,
         patch_px=args.patch_px, mpp=args.mpp, min_tissue=min(args.min_tissue, 1.0),

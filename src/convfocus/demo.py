@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from convfocus import MODEL_MPP
+from convfocus.io.images import resize
 from convfocus.synthesis.defocus import apply_blur, class_centre_px
 
 #: Pixel size of scikit-image's IHC image, estimated from nuclear size (see pool.KNOWN_MPP).
@@ -50,7 +50,7 @@ def make_demo_tissue(
     rng = np.random.default_rng(seed)
     ihc = data.immunohistochemistry()
     f = IHC_MPP / MODEL_MPP
-    base = cv2.resize(ihc, None, fx=f, fy=f, interpolation=cv2.INTER_LANCZOS4)
+    base = resize(ihc, scale=f)
     th, tw = base.shape[:2]
     canvas = np.full((height, width, 3), 245, np.uint8)
     inner = canvas[margin : height - margin, margin : width - margin]
@@ -79,7 +79,7 @@ def make_demo_slide(
     seed: int = 7,
 ) -> DemoTruth:
     """Write the demo slide (pyramidal JPEG TIFF at 0.25 µm/px) and return its truth."""
-    from convfocus.io.slide import write_pyramidal_tiff
+    from convfocus.io.images import write_pyramidal_tiff
 
     margin = 256
     rgb = make_demo_tissue(width, height, margin=margin, seed=seed)

@@ -44,3 +44,9 @@ class AnnotationError(ConvFocusError):
 
 class ConfigError(ConvFocusError):
     """An invalid setting (argument out of range, unknown preset or profile)."""
+
+
+def cause(exc: BaseException) -> str:
+    """A library's exception as the short cause in an error line: its type and first line."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

@@ -12,10 +12,10 @@ from convfocus.errors import ConfigError
 from convfocus.evaluation.benchmarks import evaluate_benchmark, patch_windows, read_benchmark_list
 from evaluation_helpers import SHARED, SharpnessGrader
 
-_slide_io = importlib.util.find_spec("convfocus.io.slide") is not None
+_slide_io = importlib.util.find_spec("convfocus.io.images") is not None
 
 
-@pytest.mark.skipif(not _slide_io, reason="convfocus.io.slide (image reading/writing) not present")
+@pytest.mark.skipif(not _slide_io, reason="convfocus.io.images (image reading/writing) not present")
 def test_focuspath_standin(tmp_path: Path, capsys) -> None:
     from convfocus.evaluation.benchmark_data import make_focuspath_standin
 
@@ -36,7 +36,7 @@ def test_focuspath_standin(tmp_path: Path, capsys) -> None:
     assert (tmp_path / "out" / "benchmark-focuspath.png").is_file()
 
 
-@pytest.mark.skipif(not _slide_io, reason="convfocus.io.slide (image reading/writing) not present")
+@pytest.mark.skipif(not _slide_io, reason="convfocus.io.images (image reading/writing) not present")
 def test_tcga_focus_standin(tmp_path: Path) -> None:
     from convfocus.evaluation.benchmark_data import make_tcga_focus_standin
 

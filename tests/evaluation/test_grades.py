@@ -118,7 +118,7 @@ def test_bad_annotations_fail_before_any_scanning(tmp_path: Path, monkeypatch) -
 
 # --- scanning a generated slide (needs the scanner modules) -------------------------------------
 
-_SCAN_MODULES = ("convfocus.grading.scan", "convfocus.io.slide", "convfocus.grading.tissue", "convfocus.grading.tiling",
+_SCAN_MODULES = ("convfocus.grading.scan", "convfocus.io.readers", "convfocus.grading.tissue", "convfocus.grading.tiling",
                  "convfocus.grading.report", "convfocus.grading.heatmap", "convfocus.grading.regions")
 _scan_missing = [m for m in _SCAN_MODULES if importlib.util.find_spec(m) is None]
 
@@ -131,7 +131,7 @@ def known_blur_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip(f"scanner modules not present: {_scan_missing}")
     from skimage.data import immunohistochemistry
 
-    from convfocus.io.slide import write_pyramidal_tiff
+    from convfocus.io.images import write_pyramidal_tiff
     from convfocus.synthesis.defocus import apply_blur, sample_blur_param
 
     tmp = tmp_path_factory.mktemp("known-blur")

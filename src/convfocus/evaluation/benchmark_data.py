@@ -60,7 +60,7 @@ def make_focuspath_standin(
     seed: int = 0,
 ) -> BenchmarkStandin:
     """A FocusPath-format stand-in: each field at every z, blur radius ``blur_px_per_z |z|``."""
-    from convfocus.io.slide import write_image
+    from convfocus.io.images import write_image
     from convfocus.synthesis.defocus import apply_blur
 
     out = Path(out_dir)
@@ -88,7 +88,7 @@ def make_tcga_focus_standin(
     seed: int = 0,
 ) -> BenchmarkStandin:
     """A TCGA@Focus-format stand-in: in-focus patches and bokeh-blurred (class 12-25) ones."""
-    from convfocus.io.slide import write_image
+    from convfocus.io.images import write_image
     from convfocus.synthesis.defocus import apply_blur, sample_blur_param
 
     out = Path(out_dir)

@@ -113,12 +113,11 @@ def grade_patch(
     model_mpp = getattr(spec, "mpp", None)
     img = np.ascontiguousarray(rgb[..., :3], dtype=np.uint8)
     if image_mpp and model_mpp and abs(image_mpp / model_mpp - 1) > 0.02:
-        import cv2
+        from convfocus.io.images import resize
 
         f = image_mpp / model_mpp
-        size = (max(window, round(img.shape[1] * f)), max(window, round(img.shape[0] * f)))
-        img = np.asarray(cv2.resize(img, size, interpolation=cv2.INTER_AREA if f < 1
-                                    else cv2.INTER_CUBIC), dtype=np.uint8)
+        img = resize(img, (max(window, round(img.shape[1] * f)),
+                           max(window, round(img.shape[0] * f))))
     probs = np.asarray(grader.predict_windows(patch_windows(img, window_px=window,
                                                             stride_px=stride)))
     classes = probs.argmax(axis=1)
@@ -126,7 +125,7 @@ def grade_patch(
 
 
 def _read_rgb(path: Path) -> np.ndarray:
-    from convfocus.io.slide import read_image
+    from convfocus.io.images import read_image
 
     return read_image(path)
 

@@ -157,7 +157,7 @@ def read_labelled_windows(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.
         except (OSError, ValueError, KeyError) as exc:
             raise ConfigError(f"not a windows .npz with images and labels ({exc})", p) from None
     else:
-        from convfocus.io.slide import read_image
+        from convfocus.io.images import read_image
 
         rows = read_manifest(p, ("path", "label"))
         images = np.stack([read_image(resolve_path(p.parent, r["path"])) for r in rows])

@@ -31,6 +31,7 @@ from convfocus.grading.scan import (
     scan_path,
 )
 from convfocus.io.atomic import remove_stale, write_text_atomic
+from convfocus.io.formats import find_slides, is_dicom_folder
 
 log = logging.getLogger(__name__)
 
@@ -50,32 +51,18 @@ class SlideResult:
     seconds: float = 0.0
 
 
-def _slide_suffixes() -> tuple[str, ...]:
-    from convfocus.io.slide import supported_suffixes
-
-    return tuple(s.lower() for s in supported_suffixes)
-
-
-def _is_dicom_dir(p: Path) -> bool:
-    return any(f.suffix.lower() == ".dcm" for f in p.iterdir() if f.is_file())
-
-
 def expand_inputs(inputs: Sequence[str | Path]) -> list[SlideJob]:
     """Files, folders and CSV manifests -> slide jobs (in the given order, no duplicates).
 
     A path that does not exist is kept, so that scanning it reports the error.
     """
     jobs: list[SlideJob] = []
-    sufs = _slide_suffixes()
     for item in inputs:
         p = Path(item)
         if p.suffix.lower() == ".csv" and p.is_file():
             jobs += _read_manifest(p)
-        elif p.is_dir() and not _is_dicom_dir(p):
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in sufs
-                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
-            dicom_dirs = sorted({f.parent for f in p.rglob("*.dcm")})
-            found += dicom_dirs
+        elif p.is_dir() and not is_dicom_folder(p):
+            found = find_slides([p])  # a DICOM WSI folder inside is one slide
             if not found:
                 jobs.append(SlideJob(p))  # reported as an error: a folder with no slide
             jobs += [SlideJob(f) for f in found]
@@ -130,7 +117,7 @@ def scan_job(job: SlideJob, out_root: str, opts: ScanOptions) -> SlideResult:
     def failed(message: str) -> SlideResult:
         return SlideResult(job.path, "failed", None, message, time.perf_counter() - t0)
 
-    if job.path.is_dir() and not _is_dicom_dir(job.path):
+    if job.path.is_dir() and not is_dicom_folder(job.path):
         return failed(f"{job.path}: no slides in this folder")
     try:
         grader = _cached_grader(None if o.model is None else str(o.model), o.device, o.backend,

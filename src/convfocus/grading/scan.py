@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from convfocus import NUM_CLASSES
 from convfocus.errors import ConvFocusError, NoTissueError, OutputError
+from convfocus.io.images import resize
 from convfocus.synthesis.defocus import class_centre_px
 from convfocus.types import GridGeometry
 
@@ -119,18 +119,10 @@ def read_model_region(
     h_l = math.ceil(out_h / scale / ds) + 1
     x_i, y_i = math.floor(l0_x), math.floor(l0_y)
     img = reader.read_region((x_i, y_i), level, (w_l, h_l))
-    # exact sub-pixel placement: output pixel u samples level pixel (u / (scale*ds) + frac)
-    f = scale * ds
-    m = np.array([[f, 0, -(l0_x - x_i) / ds * f], [0, f, -(l0_y - y_i) / ds * f]],
-                 dtype=np.float32)
-    if abs(f - 1.0) < 1e-6:  # a pyramid level at exactly the model's pixel size
-        return np.ascontiguousarray(img[:out_h, :out_w])
-    if f < 1:
-        return cv2.resize(img[: round(out_h / f), : round(out_w / f)], (out_w, out_h),
-                          interpolation=cv2.INTER_AREA)
-    # Lanczos, as the training pool was resampled (pool.resample_to)
-    return cv2.warpAffine(img, m, (out_w, out_h), flags=cv2.INTER_LANCZOS4,
-                          borderMode=cv2.BORDER_REPLICATE)
+    # exact sub-pixel placement: output pixel u samples level pixel (u / (scale*ds) + frac);
+    # Lanczos where it grows, as the training pool was resampled
+    return resize(img, (out_w, out_h), scale=scale * ds,
+                  shift=((l0_x - x_i) / ds, (l0_y - y_i) / ds))
 
 
 def grade_slide(
@@ -222,8 +214,7 @@ def _grade_region(grader: Any, region: Any, win: int, stride: int, nr: int, nc: 
     wins = np.stack([region[r * stride : r * stride + win, c * stride : c * stride + win]
                      for r in range(nr) for c in range(nc)])
     if win != spec.window_px:
-        wins = np.stack([cv2.resize(w, (spec.window_px, spec.window_px),
-                                    interpolation=cv2.INTER_AREA) for w in wins])
+        wins = np.stack([resize(w, (spec.window_px, spec.window_px)) for w in wins])
     return grader.predict_windows(wins).reshape(nr, nc, -1)
 
 
@@ -319,7 +310,7 @@ def scan_path(
     """
     from convfocus.grading.infer import load_grader
     from convfocus.io.atomic import atomic_folder
-    from convfocus.io.slide import open_slide
+    from convfocus.io.readers import open_slide
 
     opts = options or ScanOptions(model=model, mpp=mpp, native=native, profile=profile,
                                   device=device)
@@ -367,7 +358,7 @@ def write_outputs(
     """Write every output file of one slide into ``folder``; summary.json last."""
     from convfocus.grading import heatmap, regions, report
     from convfocus.io.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
-    from convfocus.io.slide import write_png
+    from convfocus.io.images import write_png
 
     spec = grader.spec
     blur_mpp = g.extra["slide_mpp"] if opts.native else spec.mpp

@@ -357,7 +357,7 @@ def source_patches(
 
     References: Kohlberger et al. 2019 (densest = lowest mean luma; K = 8 per AT2 slide).
     """
-    from convfocus.io.slide import open_slide
+    from convfocus.io.readers import open_slide
     from convfocus.training.pool import KNOWN_MPP, PATCH_PX, cut_patches, resample_to
 
     out: list[np.ndarray] = []

@@ -208,15 +208,15 @@ def calibration_regions(spec: ModelSpec, *, n: int = 24, side_cells: int = 4,
     ``stride * side_cells + (window - stride)`` px blurred with the bokeh kernel at
     the nominal radius of classes 0..29 in turn. Returns float32 (1, 3, H, W) 0..255.
     """
-    import cv2
     import numpy as np
     from skimage import data
 
+    from convfocus.io.images import resize
     from convfocus.synthesis.defocus import apply_blur, class_centre_px
 
     ihc = data.immunohistochemistry()
     f = _IHC_MPP / spec.mpp
-    tissue = cv2.resize(ihc, None, fx=f, fy=f, interpolation=cv2.INTER_LANCZOS4)
+    tissue = resize(ihc, scale=f)
     tissue = np.concatenate([tissue, tissue[:, ::-1]], axis=1)
     side = spec.stride_px * side_cells + (spec.window_px - spec.stride_px)
     rng = np.random.default_rng(seed)

@@ -17,9 +17,9 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
+from convfocus.io.images import resize
 from convfocus.synthesis.defocus import apply_blur, class_centre_px
 
 #: Classes whose interval-centre bokeh radius is applied in the blur-response check.
@@ -74,17 +74,9 @@ def orientation(grader: Any, rgb: np.ndarray) -> dict:
     return {"mean_pred": [round(m, 2) for m in means], "max_deviation": round(dev, 2)}
 
 
-def rescale(rgb: np.ndarray, f: float) -> np.ndarray:
-    """The image rescaled by ``f`` (x2 = pixels twice as small): area down, cubic up."""
-    if f == 1:
-        return rgb
-    interp = cv2.INTER_AREA if f < 1 else cv2.INTER_CUBIC
-    return cv2.resize(rgb, None, fx=f, fy=f, interpolation=interp)
-
-
 def magnification(grader: Any, rgb: np.ndarray, factors=(0.5, 1.0, 2.0)) -> dict:
     """Mean class of sharp tissue rescaled by each factor (x2 = pixels twice as small)."""
-    return {f"x{f:g}": round(mean_class(grader, tissue_windows(rescale(rgb, f))), 2)
+    return {f"x{f:g}": round(mean_class(grader, tissue_windows(resize(rgb, scale=f))), 2)
             for f in factors}
 
 
@@ -117,7 +109,7 @@ def run_checks(grader: Any, shared_data: Path | None = None) -> dict[str, Any]:
         "magnification_ihc": magnification(grader, ihc),
     }
     if shared_data is not None and shared_data.is_dir():
-        from convfocus.io.slide import read_image
+        from convfocus.io.images import read_image
 
         oof = shared_data / "real-oof"
         ins = sorted(oof.glob("*infocus*.png"))

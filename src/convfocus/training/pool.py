@@ -18,13 +18,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from convfocus import MODEL_MPP
 from convfocus.errors import ConfigError, ConvFocusError
 from convfocus.grading.tissue import luma, tissue_mask
 from convfocus.io.atomic import write_text_atomic
+from convfocus.io.images import resize
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +121,7 @@ def resample_to(rgb: np.ndarray, mpp: float, target_mpp: float = MODEL_MPP) -> n
     if abs(f - 1.0) < 1e-3:
         return rgb
     h, w = rgb.shape[:2]
-    size = (max(1, round(w * f)), max(1, round(h * f)))
-    interp = cv2.INTER_LANCZOS4 if f > 1 else cv2.INTER_AREA
-    return cv2.resize(rgb, size, interpolation=interp)
+    return resize(rgb, (max(1, round(w * f)), max(1, round(h * f))))
 
 
 def cut_patches(
@@ -211,7 +209,8 @@ def build_pool(
     native 40x tissue, the sharpest reference for class 0, is not outnumbered by
     20x tissue, whose upsampling itself blurs by a few classes.
     """
-    from convfocus.io.slide import open_slide, write_png
+    from convfocus.io.images import write_png
+    from convfocus.io.readers import open_slide
 
     rng = np.random.default_rng(seed)
     overrides = dict(KNOWN_MPP)
@@ -317,7 +316,7 @@ def read_manifest(pool: Path) -> list[dict[str, str]]:
 
 def load_pool(pool: Path, split: str | None = None) -> tuple[np.ndarray, list[dict[str, str]]]:
     """All patches of a pool (optionally one split) as one uint8 array (n, 300, 300, 3)."""
-    from convfocus.io.slide import read_image
+    from convfocus.io.images import read_image
 
     rows = read_manifest(pool)
     if split is not None:
@@ -326,7 +325,7 @@ def load_pool(pool: Path, split: str | None = None) -> tuple[np.ndarray, list[di
     for r in rows:
         img = read_image(pool / r["patch"])
         if img.shape[:2] != (PATCH_PX, PATCH_PX):
-            img = cv2.resize(img, (PATCH_PX, PATCH_PX), interpolation=cv2.INTER_AREA)
+            img = resize(img, (PATCH_PX, PATCH_PX))
         arrs.append(img)
     if not arrs:
         return np.zeros((0, PATCH_PX, PATCH_PX, 3), np.uint8), rows

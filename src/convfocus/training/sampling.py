@@ -25,6 +25,7 @@ from convfocus import MODEL_MPP
 from convfocus.errors import ConfigError, NoTissueError, OutputError, PixelSizeError
 from convfocus.grading.tissue import luma, tissue_mask
 from convfocus.io.atomic import write_text_atomic
+from convfocus.io.images import resize
 
 log = logging.getLogger(__name__)
 
@@ -55,21 +56,6 @@ def mean_luma(rgb: np.ndarray) -> float:
     References: "lowest average luma value" (Kohlberger et al. 2019).
     """
     return float(np.mean(luma(rgb), dtype=np.float64))
-
-
-def find_slides(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given, and the slide files directly inside any folder given."""
-    from convfocus.io.slide import supported_suffixes
-
-    found: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir() and not (p / "DICOMDIR").exists() and not any(
-                f.suffix.lower() == ".dcm" for f in p.iterdir()):
-            found += sorted(f for f in p.iterdir() if f.is_file()
-                            and f.name.lower().endswith(tuple(supported_suffixes)))
-        else:
-            found.append(p)
-    return found
 
 
 def candidate_positions(
@@ -143,8 +129,6 @@ def select_densest(
 def _read_patch(slide, l0_xy: tuple[int, int], l0_patch_px: int, patch_px: int,
                 mpp: float, target_mpp: float) -> np.ndarray:
     """The patch at the target pixel size, from the coarsest level fine enough."""
-    import cv2
-
     level = 0
     for i, ds in enumerate(slide.level_downsamples):
         if ds * mpp <= target_mpp * 1.001:
@@ -152,9 +136,7 @@ def _read_patch(slide, l0_xy: tuple[int, int], l0_patch_px: int, patch_px: int,
     ds = float(slide.level_downsamples[level])
     size = max(1, math.ceil(l0_patch_px / ds))
     rgb = np.ascontiguousarray(slide.read_region(l0_xy, level, (size, size))[..., :3])
-    if rgb.shape[:2] != (patch_px, patch_px):
-        interp = cv2.INTER_AREA if size > patch_px else cv2.INTER_CUBIC
-        rgb = cv2.resize(rgb, (patch_px, patch_px), interpolation=interp)
+    rgb = resize(rgb, (patch_px, patch_px))
     return rgb.astype(np.uint8, copy=False)
 
 
@@ -176,7 +158,7 @@ def sample_slide(
     Raises PixelSizeError when the pixel size is unknown, NoTissueError when no
     patch fits on tissue.
     """
-    from convfocus.io.slide import open_slide
+    from convfocus.io.readers import open_slide
 
     slide = open_slide(path, mpp=mpp)
     try:
@@ -240,7 +222,7 @@ def sample_patches(
     References: K = 8 (AT2) or 24 (NanoZoomer XR); 300 px at 40x (Kohlberger et al. 2019).
     """
     from convfocus.errors import ConvFocusError
-    from convfocus.io.slide import write_image
+    from convfocus.io.images import write_image
 
     _check_settings(k, n_candidates, patch_px, min_tissue, target_mpp)
     if not slides:

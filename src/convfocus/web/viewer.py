@@ -23,6 +23,7 @@ import numpy as np
 
 from convfocus import NUM_CLASSES
 from convfocus.errors import ConfigError, ConvFocusError, PixelSizeError
+from convfocus.io.images import resize
 from convfocus.types import GridGeometry
 from convfocus.web.server import HttpError, Request, Response, query_float, static_file
 
@@ -74,18 +75,6 @@ def dzi_xml(width: int, height: int, url: str, fmt: str, tile_px: int = TILE_PX)
     )
 
 
-def _resize(rgb: np.ndarray, size: tuple[int, int], *, nearest: bool = False) -> np.ndarray:
-    import cv2
-
-    if rgb.shape[1::-1] == size:
-        return rgb
-    if nearest:
-        interp = cv2.INTER_NEAREST
-    else:
-        interp = cv2.INTER_AREA if rgb.shape[1] >= size[0] else cv2.INTER_LINEAR
-    return cv2.resize(rgb, size, interpolation=interp)
-
-
 class _Pixels:
     """Level-0 regions of a slide (or of an image standing in for it), thread-safe."""
 
@@ -110,7 +99,7 @@ class _Pixels:
         cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, iw), min(y1, ih)
         if cx1 > cx0 and cy1 > cy0:
             canvas[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0] = self.image[cy0:cy1, cx0:cx1]
-        return _resize(canvas, out)
+        return resize(canvas, out)
 
     def region(self, l0_x: int, l0_y: int, l0_w: int, l0_h: int,
                out: tuple[int, int]) -> np.ndarray:
@@ -126,7 +115,7 @@ class _Pixels:
         size = (max(1, round(l0_w / ds)), max(1, round(l0_h / ds)))
         with self.lock:
             rgb = self.reader.read_region((int(l0_x), int(l0_y)), level, size)
-        return _resize(np.ascontiguousarray(rgb[..., :3]), out)
+        return resize(np.ascontiguousarray(rgb[..., :3]), out)
 
     def close(self) -> None:
         if self.reader is not None:
@@ -304,7 +293,7 @@ class ScanView:
         return _number(self.summary.get("mpp"))
 
     def _open_pixels(self) -> _Pixels:
-        from convfocus.io.slide import open_slide
+        from convfocus.io.readers import open_slide
 
         candidates = self._slide_candidates()
         found = [p for p in candidates if p.exists()]

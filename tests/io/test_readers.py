@@ -1,4 +1,4 @@
-"""Slide reading and writing: real slides, generated pyramids, bad inputs."""
+"""Slide readers: real slides, generated pyramids, bad inputs."""
 
 from __future__ import annotations
 
@@ -10,15 +10,9 @@ import numpy as np
 import pytest
 
 from convfocus.errors import PixelSizeError, SlideReadError, UnsupportedFormatError
-from convfocus.io import slide
-from convfocus.io.slide import (
-    SlideReader,
-    open_slide,
-    read_image,
-    write_image,
-    write_png,
-    write_pyramidal_tiff,
-)
+from convfocus.io import readers
+from convfocus.io.images import write_png, write_pyramidal_tiff
+from convfocus.io.readers import SlideReader, open_slide
 
 JPEG_TOLERANCE = 3.0  # mean absolute difference in 8-bit levels after one JPEG round trip
 
@@ -70,7 +64,7 @@ def test_cmu_pixels_match_tiffslide_and_openslide(cmu: Path) -> None:
 
 
 def test_cmu_openslide_backend_agrees(cmu: Path) -> None:
-    reader = slide._OpenSlideReader(cmu, "aperio")
+    reader = readers._OpenSlideReader(cmu, "aperio")
     try:
         with open_slide(cmu) as s:
             assert (
@@ -230,43 +224,6 @@ def test_plain_tiff_with_resolution(tmp_path: Path, tissue_rgb: np.ndarray) -> N
         assert np.array_equal(s.read_region((0, 0), 0, (400, 300)), tissue_rgb[:300, :400])
 
 
-def test_read_image_and_write_png_rgba(tmp_path: Path) -> None:
-    rgba = np.zeros((20, 30, 4), dtype=np.uint8)
-    rgba[..., 0] = 200
-    rgba[:, :15, 3] = 255  # left half opaque red, right half transparent
-    path = write_png(tmp_path / "sub" / "a.png", rgba)
-    assert [p.name for p in path.parent.iterdir()] == ["a.png"]  # no temp file left
-    rgb = read_image(path)
-    assert rgb.shape == (20, 30, 3)
-    assert (rgb[:, :15] == (200, 0, 0)).all()
-    assert (rgb[:, 15:] == 255).all()  # transparent composites on white
-
-
-def test_write_image_jpeg_and_overwrite(tmp_path: Path, tissue_rgb: np.ndarray) -> None:
-    patch = np.ascontiguousarray(tissue_rgb[300:600, 300:600])
-    path = write_image(tmp_path / "p.jpg", patch, quality=95)
-    assert _mad(read_image(path), patch) < JPEG_TOLERANCE
-    write_image(path, np.zeros_like(patch))
-    assert read_image(path).max() < 10
-
-
-def test_write_png_unwritable(tmp_path: Path) -> None:
-    from convfocus.errors import OutputError
-
-    blocker = tmp_path / "file"
-    blocker.write_text("x")
-    with pytest.raises(OutputError):
-        write_png(blocker / "a.png", np.zeros((2, 2, 3), dtype=np.uint8))
-
-
-def test_read_image_missing_and_unsupported(tmp_path: Path) -> None:
-    with pytest.raises(SlideReadError):
-        read_image(tmp_path / "none.png")
-    (tmp_path / "x.txt").write_text("hi")
-    with pytest.raises(UnsupportedFormatError):
-        read_image(tmp_path / "x.txt")
-
-
 # --- generated pyramids --------------------------------------------------------------------------
 
 
@@ -307,7 +264,7 @@ def test_aperio_layout_readable_by_openslide_and_tiffslide(aperio_tiff: Path) ->
 
 
 def test_tiffslide_backend_agrees(pyramid_tiff: Path) -> None:
-    reader = slide._TiffSlideReader(pyramid_tiff, "tiff")
+    reader = readers._TiffSlideReader(pyramid_tiff, "tiff")
     try:
         with open_slide(pyramid_tiff) as s:
             for level in range(4):
@@ -409,7 +366,7 @@ def test_decoded_tiles_are_reused_within_a_bounded_cache(
     """Overlapping reads decode a shared tile once; the cache never holds more than its
     budget, and evicted tiles read back the same."""
     with open_slide(pyramid_tiff, threads=1) as s:
-        assert s._cache_limit == slide._TILE_CACHE_BYTES[0]  # a small slide: the minimum
+        assert s._cache_limit == readers._TILE_CACHE_BYTES[0]  # a small slide: the minimum
         s._cache_limit = 6 * 256 * 256 * 3  # six tiles
         decoded: list[int] = []
         original = s._decode_tile
@@ -450,8 +407,3 @@ def test_write_pyramid_levels_argument(tmp_path: Path, tissue_rgb: np.ndarray) -
         assert s.level_dimensions == ((2048, 1536), (1024, 768)) and s.mpp == pytest.approx(0.5)
     with pytest.raises(ValueError):
         write_pyramidal_tiff(tmp_path / "bad.tif", tissue_rgb, mpp=0.5, tile=100)
-
-
-def test_supported_suffixes() -> None:
-    assert {".svs", ".ndpi", ".mrxs", ".tif", ".png", ".jpg"} <= set(slide.supported_suffixes)
-    assert all(s.startswith(".") and s == s.lower() for s in slide.supported_suffixes)

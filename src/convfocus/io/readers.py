@@ -1,6 +1,7 @@
-"""Open and write slide and image files: the only module that touches image files.
+"""Open whole-slide images: one reader interface over several backends.
 
-One reader interface (:class:`SlideReader`) over several backends:
+:class:`SlideReader` is what the rest of convfocus sees; :func:`open_slide` picks the
+backend from the file's first bytes:
 
 - tiled JPEG TIFF (Aperio SVS, generic pyramidal TIFF, OME-TIFF): tile bytes are read
   directly and decoded with simplejpeg (imagecodecs where needed), on a thread pool;
@@ -18,9 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import threading
-import xml.etree.ElementTree as ET
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,62 +28,27 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
-import cv2
 import numpy as np
 
 from convfocus import MODEL_MPP
-from convfocus.errors import (
-    OutputError,
-    PixelSizeError,
-    SlideReadError,
-    UnsupportedFormatError,
+from convfocus.errors import PixelSizeError, SlideReadError, UnsupportedFormatError, cause
+from convfocus.io.formats import (
+    MPP_RANGE,
+    mpp_plausible,
+    openslide_vendor,
+    read_head,
+    sniff,
+    suffix_of,
+    supported_suffixes,
+    tiff_mpp,
 )
-from convfocus.io.atomic import write_atomic
+from convfocus.io.images import WHITE, decode_plain, fit_size, resize, squeeze_image, to_rgb_u8
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "MPP_RANGE",
-    "SlideReader",
-    "image_suffixes",
-    "open_slide",
-    "read_image",
-    "supported_suffixes",
-    "write_image",
-    "write_png",
-    "write_pyramidal_tiff",
-]
-
-image_suffixes: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
-"""Plain image suffixes that :func:`read_image` reads."""
-
-supported_suffixes: tuple[str, ...] = (
-    ".svs",
-    ".tif",
-    ".tiff",
-    ".ome.tif",
-    ".ome.tiff",
-    ".ndpi",
-    ".vms",
-    ".vmu",
-    ".scn",
-    ".mrxs",
-    ".bif",
-    ".svslide",
-    ".dcm",
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".bmp",
-    ".webp",
-)
-"""File suffixes that :func:`open_slide` opens (DICOM WSI folders are opened too)."""
-
-MPP_RANGE: tuple[float, float] = (0.05, 20.0)
-"""Plausible pixel sizes in µm/px; values outside raise :class:`PixelSizeError`."""
+__all__ = ["SlideReader", "open_slide"]
 
 _OPENSLIDE_VENDORS_OWN_TIFF = frozenset({"aperio", "generic-tiff"})
-_WHITE = 255
 
 
 @runtime_checkable
@@ -109,49 +73,6 @@ class SlideReader(Protocol):
     def get_thumbnail(self, max_size: int) -> np.ndarray: ...
 
     def close(self) -> None: ...
-
-
-# --- pixel helpers -------------------------------------------------------------------------------
-
-
-def _to_rgb_u8(arr: np.ndarray) -> np.ndarray:
-    """Convert gray / RGB / RGBA of any integer or float dtype to RGB uint8 on white."""
-    a = np.asarray(arr)
-    if a.ndim == 2:
-        a = a[:, :, None]
-    if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4):
-        raise ValueError(f"not an image array: shape {a.shape}")
-    if a.dtype == np.uint8:
-        pass
-    elif a.dtype == np.uint16:
-        a = (a >> 8).astype(np.uint8)
-    elif a.dtype == np.bool_:
-        a = a.astype(np.uint8) * 255
-    elif np.issubdtype(a.dtype, np.floating):
-        a = np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
-    else:
-        info = np.iinfo(a.dtype)
-        scale = 255.0 / max(int(info.max), 1)
-        a = np.clip(np.rint(a.astype(np.float64) * scale), 0, 255).astype(np.uint8)
-    c = a.shape[2]
-    if c in (2, 4):
-        alpha = a[:, :, -1:].astype(np.uint16)
-        colour = a[:, :, :-1].astype(np.uint16)
-        a = ((colour * alpha + _WHITE * (255 - alpha) + 127) // 255).astype(np.uint8)
-        c -= 1
-    if c == 1:
-        a = np.repeat(a, 3, axis=2)
-    return np.ascontiguousarray(a)
-
-
-def _fit_size(width: int, height: int, max_size: int) -> tuple[int, int]:
-    """Size of a ``width x height`` image scaled so its longest side is at most max_size."""
-    scale = min(1.0, max_size / max(width, height))
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-def _mpp_plausible(mpp: float | None) -> bool:
-    return mpp is not None and math.isfinite(mpp) and MPP_RANGE[0] <= mpp <= MPP_RANGE[1]
 
 
 # --- base reader ---------------------------------------------------------------------------------
@@ -202,7 +123,7 @@ class _BaseReader:
         x1, y1 = min(lx + w, lw), min(ly + h, lh)
         if x0 == lx and y0 == ly and x1 - x0 == w and y1 - y0 == h:
             return self._checked_read(level, x0, y0, w, h)
-        out = np.full((h, w, 3), _WHITE, dtype=np.uint8)
+        out = np.full((h, w, 3), WHITE, dtype=np.uint8)
         if x1 > x0 and y1 > y0:
             out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = self._checked_read(
                 level, x0, y0, x1 - x0, y1 - y0
@@ -216,10 +137,10 @@ class _BaseReader:
             raise
         except Exception as exc:  # backend libraries raise many exception types
             raise SlideReadError(
-                f"cannot read level {level} region ({x}, {y}, {w}x{h}): {_cause(exc)}", self.path
+                f"cannot read level {level} region ({x}, {y}, {w}x{h}): {cause(exc)}", self.path
             ) from exc
         if arr.shape[:2] != (h, w):
-            fixed = np.full((h, w, 3), _WHITE, dtype=np.uint8)
+            fixed = np.full((h, w, 3), WHITE, dtype=np.uint8)
             hh, ww = min(h, arr.shape[0]), min(w, arr.shape[1])
             fixed[:hh, :ww] = arr[:hh, :ww]
             arr = fixed
@@ -241,7 +162,7 @@ class _BaseReader:
         """
         if max_size < 1:
             raise ValueError(f"max_size must be >= 1, got {max_size}")
-        tw, th = _fit_size(*self.dimensions, max_size)
+        tw, th = fit_size(*self.dimensions, max_size)
         level = 0
         for i, (lw, lh) in enumerate(self.level_dimensions):
             if lw >= tw and lh >= th:
@@ -259,7 +180,7 @@ class _BaseReader:
             y0 = (t0 * lh) // th
             y1 = max(y0 + 1, (t1 * lh) // th)
             rgb = self._read_level_padded(level, 0, y0, lw, y1 - y0)
-            out[t0:t1] = cv2.resize(rgb, (tw, t1 - t0), interpolation=cv2.INTER_AREA)
+            out[t0:t1] = resize(rgb, (tw, t1 - t0))
         return out
 
     def close(self) -> None:
@@ -281,11 +202,6 @@ class _BaseReader:
             f"{type(self).__name__}({str(self.path)!r}, format={self.format!r}, "
             f"dimensions={self.dimensions}, levels={len(self.level_dimensions)}, mpp={self.mpp})"
         )
-
-
-def _cause(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _downsamples(dims: Sequence[tuple[int, int]]) -> tuple[float, ...]:
@@ -406,7 +322,7 @@ class _TiffJpegReader(_BaseReader):
         arr = imagecodecs.jpeg8_decode(
             data, tables=lv.tables, colorspace=lv.colorspace, outcolorspace="RGB"
         )
-        return _to_rgb_u8(arr)
+        return to_rgb_u8(arr)
 
     def _read_bytes(self, offset: int, count: int) -> bytes:
         if hasattr(os, "pread"):
@@ -467,11 +383,11 @@ class _TiffJpegReader(_BaseReader):
             sx1, sy1 = min(x + w, gx + lv.tile_w), min(y + h, gy + lv.tile_h)
             dst = out[sy0 - y : sy1 - y, sx0 - x : sx1 - x]
             if tile is None:
-                dst[...] = _WHITE
+                dst[...] = WHITE
                 return
             src = tile[sy0 - gy : sy1 - gy, sx0 - gx : sx1 - gx]
             if src.shape != dst.shape:  # a short edge tile
-                dst[...] = _WHITE
+                dst[...] = WHITE
                 dst[: src.shape[0], : src.shape[1]] = src
             else:
                 dst[...] = src
@@ -524,7 +440,7 @@ class _TiffSlideReader(_BaseReader):
         if int(ly / ds) != y:
             ly = math.floor(y * ds)
         arr = self._slide.read_region((lx, ly), level, (w, h), as_array=True, padding=False)
-        return _to_rgb_u8(arr)
+        return to_rgb_u8(arr)
 
     def close(self) -> None:
         self._slide.close()
@@ -555,7 +471,7 @@ class _OpenSlideReader(_BaseReader):
     def _read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         ds = self.level_downsamples[level]
         img = self._slide.read_region((round(x * ds), round(y * ds)), level, (w, h))
-        return _to_rgb_u8(np.asarray(img))
+        return to_rgb_u8(np.asarray(img))
 
     def close(self) -> None:
         self._slide.close()
@@ -594,7 +510,7 @@ class _DicomReader(_BaseReader):
 
     def _read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         arr = self._wsi.read_region((x, y), self._level_numbers[level], (w, h), as_array=True)
-        return _to_rgb_u8(np.asarray(arr))
+        return to_rgb_u8(np.asarray(arr))
 
     def close(self) -> None:
         self._wsi.close()
@@ -623,94 +539,7 @@ class _ImageReader(_BaseReader):
         self._rgb = np.zeros((0, 0, 3), dtype=np.uint8)
 
 
-# --- format detection and metadata ---------------------------------------------------------------
-
-
-def _sniff(head: bytes) -> str:
-    """Kind of file from its first bytes."""
-    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        return "tiff"
-    if len(head) >= 132 and head[128:132] == b"DICM":
-        return "dicom"
-    if head[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    if head[:3] == b"\xff\xd8\xff":
-        return "jpeg"
-    if head[:2] == b"BM" or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
-        return "image"
-    return "other"
-
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    for double in (".ome.tiff", ".ome.tif"):
-        if name.endswith(double):
-            return double
-    return path.suffix.lower()
-
-
-def _openslide_vendor(path: Path) -> str | None:
-    import openslide
-
-    try:
-        return openslide.OpenSlide.detect_format(path)
-    except (openslide.OpenSlideError, OSError, ValueError):
-        return None
-
-
-def _aperio_mpp(description: str) -> float | None:
-    m = re.search(r"\|\s*MPP\s*=\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)", description)
-    return float(m.group(1)) if m else None
-
-
-_OME_UNITS_UM = {
-    "µm": 1.0, "\u03bcm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4,
-    "m": 1e6, "pm": 1e-6,
-}  # fmt: skip
-
-
-def _ome_mpp(xml: str) -> float | None:
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError:
-        return None
-    for el in root.iter():
-        if el.tag.rsplit("}", 1)[-1] == "Pixels" and "PhysicalSizeX" in el.attrib:
-            unit = el.attrib.get("PhysicalSizeXUnit", "µm")
-            factor = _OME_UNITS_UM.get(unit)
-            if factor is None:
-                return None
-            return float(el.attrib["PhysicalSizeX"]) * factor
-    return None
-
-
-def _resolution_mpp(page: Any) -> float | None:
-    """Pixel size from XResolution / ResolutionUnit (inch or centimetre)."""
-    tag = page.tags.get("XResolution")
-    if tag is None:
-        return None
-    value = tag.value
-    try:
-        px_per_unit = value[0] / value[1] if isinstance(value, tuple) else float(value)
-    except (TypeError, ZeroDivisionError, IndexError):
-        return None
-    unit_tag = page.tags.get("ResolutionUnit")
-    unit = int(unit_tag.value) if unit_tag is not None else 2
-    um_per_unit = {2: 25400.0, 3: 10000.0}.get(unit)
-    if um_per_unit is None or not px_per_unit > 0:
-        return None
-    return um_per_unit / px_per_unit
-
-
-def _tiff_mpp(tif: Any, page0: Any) -> float | None:
-    mpp = None
-    if tif.is_svs:
-        mpp = _aperio_mpp(page0.description)
-    elif tif.is_ome and tif.ome_metadata:
-        mpp = _ome_mpp(tif.ome_metadata)
-    if mpp is None:
-        mpp = _resolution_mpp(page0)
-    return mpp
+# --- TIFF layout ---------------------------------------------------------------------------------
 
 
 def _pyramid_pages(tif: Any) -> list[Any]:
@@ -763,29 +592,29 @@ def _check_tiff_pages(pages: Sequence[Any], file_size: int, path: Path) -> None:
 def _open_tiff(path: Path, threads: int) -> _BaseReader:
     import tifffile
 
-    vendor = _openslide_vendor(path)
+    vendor = openslide_vendor(path)
     if vendor is not None and vendor not in _OPENSLIDE_VENDORS_OWN_TIFF:
         return _OpenSlideReader(path, vendor)
     try:
         tif = tifffile.TiffFile(path)
     except Exception as exc:
-        raise SlideReadError(f"corrupt or unreadable TIFF ({_cause(exc)})", path) from exc
+        raise SlideReadError(f"corrupt or unreadable TIFF ({cause(exc)})", path) from exc
     with tif:
         try:
             pages = _pyramid_pages(tif)
             _check_tiff_pages(pages, path.stat().st_size, path)
             page0 = pages[0]
             fmt = "aperio" if tif.is_svs else "ome-tiff" if tif.is_ome else "tiff"
-            mpp = _tiff_mpp(tif, page0)
+            mpp = tiff_mpp(tif, page0)
             tiled = bool(page0.is_tiled)
             fast = tiled and all(_jpeg_fast_path_ok(p) for p in pages)
             plain = None
             if not tiled and len(pages) == 1:
-                plain = _to_rgb_u8(_squeeze_image(page0.asarray()))
+                plain = to_rgb_u8(squeeze_image(page0.asarray()))
         except SlideReadError:
             raise
         except Exception as exc:
-            raise SlideReadError(f"corrupt or unreadable TIFF ({_cause(exc)})", path) from exc
+            raise SlideReadError(f"corrupt or unreadable TIFF ({cause(exc)})", path) from exc
         if plain is not None:
             reader: _BaseReader = _ImageReader(path, plain, mpp)
             return reader
@@ -797,47 +626,6 @@ def _open_tiff(path: Path, threads: int) -> _BaseReader:
     return reader
 
 
-def _squeeze_image(arr: np.ndarray) -> np.ndarray:
-    """Drop leading singleton axes of an image array (tifffile may add them)."""
-    while arr.ndim > 3 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] not in (1, 2, 3, 4):
-        arr = np.moveaxis(arr, 0, -1)  # planar (C, Y, X)
-    return arr
-
-
-def _decode_plain(path: Path) -> tuple[np.ndarray, float | None]:
-    """Decode a plain image file to RGB uint8; TIFF resolution gives a pixel size."""
-    kind = _sniff(_read_head(path))
-    if kind == "tiff":
-        import tifffile
-
-        with tifffile.TiffFile(path) as tif:
-            page = tif.series[0].levels[0].keyframe
-            tiff_arr: np.ndarray = tif.series[0].levels[0].asarray()
-            mpp = _tiff_mpp(tif, page)
-        return _to_rgb_u8(_squeeze_image(tiff_arr)), mpp
-    buf = np.fromfile(path, dtype=np.uint8)
-    arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-    if arr is not None:
-        if arr.ndim == 3 and arr.shape[2] == 3:
-            arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
-        elif arr.ndim == 3 and arr.shape[2] == 4:
-            arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA)
-        return _to_rgb_u8(arr), None
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im.load()
-        ok = im.mode in ("RGB", "RGBA", "L", "LA")
-        return _to_rgb_u8(np.asarray(im if ok else im.convert("RGBA"))), None
-
-
-def _read_head(path: Path, n: int = 512) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read(n)
-
-
 # --- public: open / read ------------------------------------------------------------------------
 
 
@@ -846,7 +634,7 @@ def _check_given_mpp(mpp: float, path: Path) -> float:
         value = float(mpp)
     except (TypeError, ValueError):
         raise PixelSizeError(f"pixel size must be a number, got {mpp!r}", path) from None
-    if not _mpp_plausible(value):
+    if not mpp_plausible(value):
         raise PixelSizeError(
             f"implausible pixel size {value:g} µm/px (expected {MPP_RANGE[0]:g}-{MPP_RANGE[1]:g})",
             path,
@@ -859,7 +647,7 @@ def _resolve_mpp(reader: _BaseReader, given: float | None) -> float:
     if given is not None:
         return given
     meta = reader.mpp_from_metadata
-    if _mpp_plausible(meta):
+    if mpp_plausible(meta):
         return float(meta)  # type: ignore[arg-type]
     if reader.level_count > 1:
         if meta is None:
@@ -885,15 +673,15 @@ def _open_reader(path: Path, threads: int) -> _BaseReader:
             raise
         except Exception as exc:
             raise SlideReadError(
-                f"directory is not a DICOM WSI folder ({_cause(exc)})", path
+                f"directory is not a DICOM WSI folder ({cause(exc)})", path
             ) from exc
     try:
-        head = _read_head(path)
+        head = read_head(path)
     except OSError as exc:
         raise SlideReadError(f"cannot read file: {exc.strerror or exc}", path) from exc
     if not head:
         raise SlideReadError("empty file", path)
-    kind = _sniff(head)
+    kind = sniff(head)
     if kind == "tiff":
         return _open_tiff(path, threads)
     if kind == "dicom":
@@ -902,17 +690,17 @@ def _open_reader(path: Path, threads: int) -> _BaseReader:
         except SlideReadError:
             raise
         except Exception as exc:
-            raise SlideReadError(f"not a readable DICOM WSI file ({_cause(exc)})", path) from exc
+            raise SlideReadError(f"not a readable DICOM WSI file ({cause(exc)})", path) from exc
     if kind in ("png", "jpeg", "image"):
         try:
-            rgb, mpp = _decode_plain(path)
+            rgb, mpp = decode_plain(path)
         except Exception as exc:
-            raise SlideReadError(f"corrupt image ({_cause(exc)})", path) from exc
+            raise SlideReadError(f"corrupt image ({cause(exc)})", path) from exc
         return _ImageReader(path, rgb, mpp)
-    vendor = _openslide_vendor(path)
+    vendor = openslide_vendor(path)
     if vendor is not None:
         return _OpenSlideReader(path, vendor)
-    suffix = _suffix(path)
+    suffix = suffix_of(path)
     if suffix in supported_suffixes:
         raise SlideReadError(f"not a valid {suffix} file (corrupt, truncated or mislabelled)", path)
     raise UnsupportedFormatError(
@@ -951,7 +739,7 @@ def open_slide(
     except SlideReadError:
         raise
     except Exception as exc:  # any backend failure becomes one clear line
-        raise SlideReadError(f"cannot open ({_cause(exc)})", p) from exc
+        raise SlideReadError(f"cannot open ({cause(exc)})", p) from exc
     if min(min(d) for d in reader.level_dimensions) < 1:
         reader.close()
         raise SlideReadError("image has zero width or height", p)
@@ -961,166 +749,3 @@ def open_slide(
         reader.close()
         raise
     return reader  # type: ignore[return-value]
-
-
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read a plain image file (PNG, JPEG, TIFF, ...) as RGB uint8, alpha on white."""
-    p = Path(path)
-    if not p.is_file():
-        raise SlideReadError("no such file", p)
-    try:
-        kind = _sniff(_read_head(p))
-    except OSError as exc:
-        raise SlideReadError(f"cannot read file: {exc.strerror or exc}", p) from exc
-    if kind not in ("tiff", "png", "jpeg", "image"):
-        raise UnsupportedFormatError("not a PNG, JPEG or TIFF image", p)
-    try:
-        return _decode_plain(p)[0]
-    except Exception as exc:
-        raise SlideReadError(f"corrupt image ({_cause(exc)})", p) from exc
-
-
-# --- writers -------------------------------------------------------------------------------------
-
-
-def _as_image_array(img: np.ndarray, allow_alpha: bool) -> np.ndarray:
-    arr = np.asarray(img)
-    if arr.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"image must be uint8 or uint16, got {arr.dtype}")
-    ok = (2,) if arr.ndim == 2 else (3,) if not allow_alpha else (3, 4)
-    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in ok):
-        raise ValueError(f"image must be (h, w), (h, w, 3) or (h, w, 4), got {arr.shape}")
-    if arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise ValueError(f"empty image {arr.shape}")
-    return arr
-
-
-def write_png(path: str | os.PathLike[str], rgb_or_rgba: np.ndarray) -> Path:
-    """Write an RGB or RGBA (or gray) image as PNG, atomically. Returns the path."""
-    arr = _as_image_array(rgb_or_rgba, allow_alpha=True)
-    if arr.ndim == 3:
-        code = cv2.COLOR_RGB2BGR if arr.shape[2] == 3 else cv2.COLOR_RGBA2BGRA
-        arr = cv2.cvtColor(np.ascontiguousarray(arr), code)
-    ok, buf = cv2.imencode(".png", arr)
-    if not ok:  # pragma: no cover - cv2 fails only on invalid input, checked above
-        raise OutputError("PNG encoding failed", Path(path))
-    p = Path(path)
-    write_atomic(p, lambda tmp: tmp.write_bytes(buf.tobytes()), parents=True)
-    return p
-
-
-def write_image(path: str | os.PathLike[str], img: np.ndarray, *, quality: int = 90) -> Path:
-    """Write PNG (lossless, alpha allowed), JPEG (``quality``) or TIFF by suffix, atomically."""
-    p = Path(path)
-    suffix = p.suffix.lower()
-    if suffix == ".png":
-        return write_png(p, img)
-    if suffix in (".jpg", ".jpeg"):
-        arr = _to_rgb_u8(_as_image_array(img, allow_alpha=True))
-        ok, buf = cv2.imencode(
-            ".jpg", cv2.cvtColor(arr, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
-        )
-        if not ok:  # pragma: no cover
-            raise OutputError("JPEG encoding failed", p)
-        write_atomic(p, lambda tmp: tmp.write_bytes(buf.tobytes()), parents=True)
-        return p
-    if suffix in (".tif", ".tiff"):
-        import tifffile
-
-        arr = _as_image_array(img, allow_alpha=True)
-        write_atomic(p, lambda tmp: tifffile.imwrite(tmp, arr, compression="zlib", metadata=None),
-                     parents=True)
-        return p
-    raise UnsupportedFormatError(f"cannot write {suffix or 'suffix-less'} images", p)
-
-
-def _pyramid(rgb: np.ndarray, tile: int, levels: int | None) -> list[np.ndarray]:
-    """Level images, each half the size of the one before (area averaging)."""
-    out = [rgb]
-    while True:
-        h, w = out[-1].shape[:2]
-        if levels is not None and len(out) >= levels:
-            break
-        if levels is None and max(h, w) <= tile:
-            break
-        if min(h, w) < 2:
-            break
-        out.append(cv2.resize(out[-1], (w // 2, h // 2), interpolation=cv2.INTER_AREA))
-    return out
-
-
-def write_pyramidal_tiff(
-    path: str | os.PathLike[str],
-    rgb: np.ndarray,
-    *,
-    mpp: float,
-    tile: int = 256,
-    quality: int = 80,
-    levels: int | None = None,
-    aperio: bool = False,
-) -> Path:
-    """Write ``rgb`` as a tiled JPEG pyramid that :func:`open_slide` reads with its pixel size.
-
-    Parameters
-    ----------
-    path : output file (written under a temporary name, then renamed).
-    rgb : level-0 image, RGB uint8 (h, w, 3).
-    mpp : level-0 pixel size in µm/px (stored as TIFF resolution in pixels per cm).
-    tile : tile side in pixels (a multiple of 16).
-    quality : JPEG quality.
-    levels : number of levels, each half the size of the previous; default: halve until the
-        image fits in one tile.
-    aperio : write an Aperio SVS layout (level 0, a stripped thumbnail, further levels as
-        pages, an Aperio ImageDescription with ``MPP``) instead of SubIFDs.
-    """
-    import tifffile
-
-    arr = np.asarray(rgb)
-    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"rgb must be uint8 (h, w, 3), got {arr.dtype} {arr.shape}")
-    if tile < 16 or tile % 16:
-        raise ValueError(f"tile must be a positive multiple of 16, got {tile}")
-    if levels is not None and levels < 1:
-        raise ValueError(f"levels must be >= 1, got {levels}")
-    mpp = float(mpp)
-    if not _mpp_plausible(mpp):
-        raise PixelSizeError(f"implausible pixel size {mpp:g} µm/px", Path(path))
-    pyr = _pyramid(np.ascontiguousarray(arr), tile, levels)
-    h0, w0 = arr.shape[:2]
-    bigtiff = arr.nbytes > 2**31
-    common: dict[str, Any] = {
-        "photometric": "rgb",
-        "compression": "jpeg",
-        "compressionargs": {"level": int(quality)},
-        "resolutionunit": "CENTIMETER",
-        "metadata": None,
-    }
-
-    def res(img: np.ndarray) -> tuple[float, float]:
-        h, w = img.shape[:2]
-        return (1e4 / (mpp * w0 / w), 1e4 / (mpp * h0 / h))
-
-    def write(tmp: Path) -> None:
-        with tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tw:
-            if not aperio:
-                tw.write(pyr[0], tile=(tile, tile), subifds=len(pyr) - 1, resolution=res(pyr[0]),
-                         **common)  # fmt: skip
-                for img in pyr[1:]:
-                    tw.write(img, tile=(tile, tile), subfiletype=1, resolution=res(img), **common)
-                return
-            head = f"Aperio Image Library v12.0.0 \r\n{w0}x{h0} [0,0 {w0}x{h0}] ({tile}x{tile})"
-            tail = f"JPEG/RGB Q={int(quality)}|AppMag = {10.0 / mpp:g}|MPP = {mpp:.6g}"
-            tw.write(pyr[0], tile=(tile, tile), resolution=res(pyr[0]),
-                     description=f"{head} {tail}", **common)  # fmt: skip
-            thw, thh = _fit_size(w0, h0, 768)
-            thumb = cv2.resize(pyr[0], (thw, thh), interpolation=cv2.INTER_AREA)
-            tw.write(thumb, rowsperstrip=16, resolution=res(thumb),
-                     description=f"{head} -> {thw}x{thh} - |MPP = {mpp:.6g}", **common)  # fmt: skip
-            for img in pyr[1:]:
-                lh, lw = img.shape[:2]
-                tw.write(img, tile=(tile, tile), resolution=res(img),
-                         description=f"{head} -> {lw}x{lh} {tail}", **common)  # fmt: skip
-
-    p = Path(path)
-    write_atomic(p, write, parents=True)
-    return p
