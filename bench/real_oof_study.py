@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from convfocus.grading.infer import load_grader
+from convfocus.grading.tiling import cut_windows
 from convfocus.io.images import read_image, resize
 from convfocus.synthesis.defocus import (
     add_poisson_noise,
@@ -37,7 +38,6 @@ from convfocus.synthesis.defocus import (
     jpeg_roundtrip,
     scale_density,
 )
-from convfocus.training.modelcheck import windows_of
 from convfocus.training.pool import MODEL_MPP, estimate_mpp, resample_to
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-oof"
@@ -54,7 +54,7 @@ def radius_class(r: float) -> int:
 
 def grade(g, rgb: np.ndarray) -> tuple[float, float]:
     """(mean argmax class, mean expected class) over all windows."""
-    p = g.predict_windows(windows_of(rgb))
+    p = g.predict_windows(cut_windows(rgb))
     return float(p.argmax(1).mean()), float((p * np.arange(p.shape[1])).sum(1).mean())
 
 

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from convfocus.errors import ConfigError
-from convfocus.grading.tiling import TissueGrid, grid_shape, make_grid
+from convfocus.grading.tiling import (
+    TissueGrid,
+    cut_windows,
+    grid_shape,
+    make_grid,
+    tissue_windows,
+)
 
 WINDOW, STRIDE = 139.0, 128.0
 
@@ -149,7 +155,8 @@ def test_anisotropic_downsample() -> None:
 
 def test_mask_smaller_than_slide_counts_as_no_tissue() -> None:
     g = _grid(np.ones((5, 5), bool), 16.0, (1600, 1600), min_tissue=0.01)
-    assert g.geometry.rows == 12 and len(g) < g.geometry.rows * g.geometry.cols  # only the top-left 80 x 80 px is masked
+    # only the top-left 80 x 80 px is masked
+    assert g.geometry.rows == 12 and len(g) < g.geometry.rows * g.geometry.cols
 
 
 @pytest.mark.parametrize("bad", [{"window_l0_px": 0}, {"stride_l0_px": -1}, {"min_tissue": 1.5}])
@@ -157,3 +164,41 @@ def test_invalid_settings(bad: dict[str, float]) -> None:
     kw = {"window_l0_px": WINDOW, "stride_l0_px": STRIDE, "min_tissue": 0.25} | bad
     with pytest.raises(ConfigError):
         make_grid(np.ones((4, 4), bool), 1.0, (400, 400), **kw)
+
+
+# --- windows of an image --------------------------------------------------------------------
+
+
+def test_cut_windows_are_the_grid_windows_row_major(tissue_rgb: np.ndarray) -> None:
+    img = tissue_rgb[:500, :700]
+    wins = cut_windows(img, 139, 128)
+    rows, cols = (500 - 139) // 128 + 1, (700 - 139) // 128 + 1
+    assert wins.shape == (rows * cols, 139, 139, 3) and wins.flags.c_contiguous
+    for i, (r, c) in enumerate(np.ndindex(rows, cols)):
+        assert np.array_equal(wins[i], img[r * 128 : r * 128 + 139, c * 128 : c * 128 + 139])
+    batch = cut_windows(np.stack([img, img[::-1]]), 139, 128)  # image by image
+    assert np.array_equal(batch[: len(wins)], wins) and len(batch) == 2 * len(wins)
+
+
+def test_a_window_exactly_one_tile_wide_gives_one_tile(tissue_rgb: np.ndarray) -> None:
+    assert len(cut_windows(tissue_rgb[:139, :139])) == 1
+    assert len(cut_windows(tissue_rgb[:138, :500])) == 0  # smaller than one window: none
+    assert len(tissue_windows(tissue_rgb[:138, :500])) == 0
+
+
+def test_centred_windows_split_the_margin(tissue_rgb: np.ndarray) -> None:
+    img = tissue_rgb[:300, :300]  # two windows of 139 at 128 leave 300 - 267 = 33 px
+    wins = cut_windows(img, 139, 128, centred=True)
+    assert len(wins) == 4
+    assert np.array_equal(wins[3], img[16 + 128 : 16 + 128 + 139, 16 + 128 : 16 + 128 + 139])
+
+
+def test_tissue_windows_keep_the_windows_on_tissue(tissue_rgb: np.ndarray) -> None:
+    img = tissue_rgb[300:800, 300:1000].copy()
+    img[:, 350:] = 245  # glass on the right
+    wins = cut_windows(img)
+    kept = tissue_windows(img, min_tissue=0.5)
+    assert 0 < len(kept) < len(wins)
+    keys = {w.tobytes() for w in wins[: len(wins)]}
+    assert all(w.tobytes() in keys for w in kept)  # whole grid windows, unchanged
+    assert len(tissue_windows(img, min_tissue=0.0)) == len(wins)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convfocus.grading.tissue import luma, pen_mask, tissue_mask
+from convfocus.grading.tissue import luma, pen_mask, tissue_mask, window_tissue_fraction
 from convfocus.io.images import read_image
 
 RAW = {"min_object_px": 0, "fill_holes": False}  # the bare rule, no cleaning
@@ -102,3 +102,28 @@ def test_bad_input() -> None:
         tissue_mask(np.zeros((10, 10), dtype=np.uint8))
     with pytest.raises(TypeError):
         luma(np.zeros((4, 4, 3), dtype=np.int32))
+
+
+def test_window_tissue_fraction_is_the_share_of_tissue_pixels() -> None:
+    rng = np.random.default_rng(4)
+    mask = rng.random((90, 120)) < 0.4
+    xs, ys = np.arange(0, 120 - 30 + 1, 13), np.arange(0, 90 - 30 + 1, 13)
+    grid = window_tissue_fraction(mask, 1.0, xs[None, :], ys[:, None], 30)
+    assert grid.shape == (ys.size, xs.size)
+    for r, y in enumerate(ys):
+        for c, x in enumerate(xs):
+            assert grid[r, c] == mask[y : y + 30, x : x + 30].mean()  # exactly
+    # windows one by one give the same as the grid
+    rr, cc = np.meshgrid(np.arange(ys.size), np.arange(xs.size), indexing="ij")
+    one = window_tissue_fraction(mask, 1.0, xs[cc.ravel()], ys[rr.ravel()], 30)
+    assert np.array_equal(one, grid.ravel())
+
+
+def test_window_tissue_fraction_counts_partial_mask_pixels() -> None:
+    mask = np.zeros((4, 4), bool)
+    mask[:, :2] = True  # level-0 x 0..20 at downsample 10
+    f = window_tissue_fraction(mask, (10.0, 10.0), np.array([5.0, 15.0, 25.0]),
+                               np.array([0.0, 0.0, 0.0]), 10.0)
+    assert f.tolist() == pytest.approx([1.0, 0.5, 0.0])
+    # past the mask's edge counts as no tissue
+    assert window_tissue_fraction(np.ones((2, 2), bool), 1.0, 1.0, 1.0, 2.0) == 0.25

@@ -85,18 +85,12 @@ def read_benchmark_list(kind: str, path: str | Path) -> list[dict[str, str]]:
 
 def patch_windows(rgb: np.ndarray, *, window_px: int = 139, stride_px: int = 128) -> np.ndarray:
     """All ``window_px`` windows of a patch at ``stride_px``, the grid centred: ``(n, w, w, 3)``."""
+    from convfocus.grading.tiling import cut_windows
+
     h, w = rgb.shape[:2]
     if h < window_px or w < window_px:
         raise ValueError(f"patch {w} x {h} is smaller than one {window_px} px window")
-    ny = (h - window_px) // stride_px + 1
-    nx = (w - window_px) // stride_px + 1
-    oy = (h - (window_px + (ny - 1) * stride_px)) // 2
-    ox = (w - (window_px + (nx - 1) * stride_px)) // 2
-    return np.stack([
-        rgb[oy + i * stride_px : oy + i * stride_px + window_px,
-            ox + j * stride_px : ox + j * stride_px + window_px]
-        for i in range(ny) for j in range(nx)
-    ])
+    return cut_windows(rgb, window_px, stride_px, centred=True)
 
 
 def grade_patch(

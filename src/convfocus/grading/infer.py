@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from convfocus.errors import ConfigError, ModelError, OutputError
+from convfocus.grading.tiling import cut_windows, window_view
 from convfocus.types import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -44,22 +45,10 @@ def _rgb_nchw_float(x_uint8: np.ndarray) -> np.ndarray:
     return out
 
 
-def _window_view(x_uint8: np.ndarray, win: int, stride: int) -> np.ndarray:
-    """(N, H, W, 3) -> a view (N, rows, cols, 3, win, win) of every window of the regions."""
-    v = np.lib.stride_tricks.sliding_window_view(x_uint8, (win, win), axis=(1, 2))
-    return v[:, ::stride, ::stride]
-
-
-def _cut_windows(x_uint8: np.ndarray, win: int, stride: int) -> np.ndarray:
-    """(N, H, W, 3) uint8 regions -> (N * rows * cols, win, win, 3) uint8, row-major."""
-    v = _window_view(x_uint8, win, stride)
-    return np.ascontiguousarray(v.transpose(0, 1, 2, 4, 5, 3)).reshape(-1, win, win, 3)
-
-
 def _windows_rgb_nchw_float(x_uint8: np.ndarray, win: int, stride: int) -> np.ndarray:
     """(N, H, W, 3) uint8 regions -> (N * rows * cols, 3, win, win) float32 0..255: every
     window cut out and converted in one copy per colour plane."""
-    v = _window_view(x_uint8, win, stride)
+    v = window_view(x_uint8, win, stride)  # (N, rows, cols, 3, win, win)
     n, rows, cols, c = v.shape[:4]
     out = np.empty((n, rows, cols, c, win, win), np.float32)
     for i in range(c):
@@ -106,7 +95,7 @@ class Grader:
         self._run_windows = run_windows if run_windows is not None else run
         self._prepare = prepare if prepare is not None else self._normalise
         self._prepare_windows = prepare_windows if prepare_windows is not None else (
-            lambda x: self._prepare(_cut_windows(x, spec.window_px, spec.stride_px)))
+            lambda x: self._prepare(cut_windows(x, spec.window_px, spec.stride_px)))
         self.backend = backend
         self.device = device
         self.precision = precision
@@ -140,7 +129,7 @@ class Grader:
         if select is not None and select.any() and not select.all():
             if select.shape != grid[1:] or grid[0] != 1:
                 raise ConfigError(f"select must be {grid[1:]} for one region, got {select.shape}")
-            wins = np.ascontiguousarray(_window_view(x, win, stride)[0][select].transpose(
+            wins = np.ascontiguousarray(window_view(x, win, stride)[0][select].transpose(
                 0, 2, 3, 1))  # (n, win, win, 3)
             return PreparedRegion(self._prepare(wins), x.shape, region.ndim == 4, dense=False,
                                   grid=grid, select=select)

@@ -24,6 +24,7 @@ import numpy as np
 
 from convfocus import NUM_CLASSES
 from convfocus.errors import ConvFocusError, NoTissueError, OutputError
+from convfocus.grading.tiling import cut_windows
 from convfocus.io.images import resize
 from convfocus.synthesis.defocus import class_centre_px
 from convfocus.types import GridGeometry
@@ -211,8 +212,7 @@ def _grade_region(grader: Any, region: Any, win: int, stride: int, nr: int, nc: 
     spec = grader.spec
     if (win, stride) == (spec.window_px, spec.stride_px):
         return grader.predict_region(region)
-    wins = np.stack([region[r * stride : r * stride + win, c * stride : c * stride + win]
-                     for r in range(nr) for c in range(nc)])
+    wins = cut_windows(region, win, stride)  # (nr * nc, win, win, 3), row-major
     if win != spec.window_px:
         wins = np.stack([resize(w, (spec.window_px, spec.window_px)) for w in wins])
     return grader.predict_windows(wins).reshape(nr, nc, -1)

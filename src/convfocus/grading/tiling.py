@@ -1,8 +1,10 @@
-"""The grid of graded windows over level 0, from a low-resolution tissue mask.
+"""Windows: the grid of graded windows over level 0 from a low-resolution tissue mask, and
+the windows cut out of an image on such a grid.
 
 Pure array functions: no file access. Cell ``(row, col)`` covers the level-0 square
 ``x = x0 + col * stride .. x + window``, ``y = y0 + row * stride .. y + window``
-(:class:`~convfocus.types.GridGeometry`).
+(:class:`~convfocus.types.GridGeometry`). Every window the model grades, in a scan, a check
+or an evaluation, is cut by :func:`cut_windows` (or viewed by :func:`window_view`).
 """
 
 from __future__ import annotations
@@ -13,19 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from convfocus.errors import ConfigError
+from convfocus.grading.tissue import tissue_mask, window_tissue_fraction
 from convfocus.types import GridGeometry
 
-__all__ = ["TissueGrid", "grid_shape", "make_grid", "window_tissue_fraction"]
+__all__ = ["TissueGrid", "cut_windows", "grid_shape", "make_grid", "tissue_windows",
+           "window_view"]
 
 _EPS = 1e-9
-
-
-def _xy(downsample: float | tuple[float, float]) -> tuple[float, float]:
-    """``(x, y)`` downsample from one value or a pair."""
-    if isinstance(downsample, tuple | list | np.ndarray):
-        dx, dy = downsample
-        return float(dx), float(dy)
-    return float(downsample), float(downsample)
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,56 +60,6 @@ def grid_shape(
     return fit(float(height)), fit(float(width))
 
 
-def _box_integral(integral: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """Integral of the mask over [0, y) x [0, x) at fractional ``ys`` (rows) and ``xs`` (cols).
-
-    The integral image of a piecewise-constant mask is exactly bilinear inside each pixel,
-    so bilinear interpolation of the (h+1, w+1) integral image gives exact partial areas.
-    """
-    h1, w1 = integral.shape
-    ys = np.clip(ys, 0.0, h1 - 1.0)
-    xs = np.clip(xs, 0.0, w1 - 1.0)
-    iy = np.minimum(np.floor(ys).astype(np.int64), h1 - 2)
-    ix = np.minimum(np.floor(xs).astype(np.int64), w1 - 2)
-    fy = (ys - iy)[:, None]
-    fx = (xs - ix)[None, :]
-    a = integral[iy[:, None], ix[None, :]]
-    b = integral[iy[:, None], ix[None, :] + 1]
-    c = integral[iy[:, None] + 1, ix[None, :]]
-    d = integral[iy[:, None] + 1, ix[None, :] + 1]
-    return a * (1 - fy) * (1 - fx) + b * (1 - fy) * fx + c * fy * (1 - fx) + d * fy * fx
-
-
-def window_tissue_fraction(
-    mask_th: np.ndarray,
-    th_downsample: float | tuple[float, float],
-    l0_x: np.ndarray,
-    l0_y: np.ndarray,
-    window_l0_px: float,
-) -> np.ndarray:
-    """Tissue share of every window with level-0 corners ``l0_y[r], l0_x[c]``: (rows, cols).
-
-    Each thumbnail pixel counts with the part of its area inside the window; thumbnail
-    area outside the mask (rounding at the slide edge) counts as no tissue.
-    """
-    dx, dy = _xy(th_downsample)
-    m = np.asarray(mask_th, dtype=np.float64)
-    integral = np.zeros((m.shape[0] + 1, m.shape[1] + 1), dtype=np.float64)
-    integral[1:, 1:] = m.cumsum(0).cumsum(1)
-    x0 = np.asarray(l0_x, dtype=np.float64) / dx
-    y0 = np.asarray(l0_y, dtype=np.float64) / dy
-    x1 = x0 + window_l0_px / dx
-    y1 = y0 + window_l0_px / dy
-    area = (
-        _box_integral(integral, y1, x1)
-        - _box_integral(integral, y0, x1)
-        - _box_integral(integral, y1, x0)
-        + _box_integral(integral, y0, x0)
-    )
-    window_area_th = (window_l0_px / dx) * (window_l0_px / dy)
-    return np.clip(area / window_area_th, 0.0, 1.0)
-
-
 def make_grid(
     mask_th: np.ndarray,
     th_downsample: float | tuple[float, float],
@@ -148,7 +94,8 @@ def make_grid(
     mask = np.asarray(mask_th)
     if mask.ndim != 2:
         raise ValueError(f"mask_th must be 2-D, got shape {mask.shape}")
-    ds = _xy(th_downsample)
+    ds = (th_downsample, th_downsample) if isinstance(th_downsample, int | float) else (
+        th_downsample[0], th_downsample[1])
     if not (ds[0] > 0 and ds[1] > 0):
         raise ValueError(f"th_downsample must be > 0, got {th_downsample}")
     rows, cols = grid_shape(l0_size, window_l0_px, stride_l0_px)
@@ -159,6 +106,65 @@ def make_grid(
                           np.zeros(0, dtype=np.float32))
     xs = np.arange(cols, dtype=np.float64) * stride_l0_px
     ys = np.arange(rows, dtype=np.float64) * stride_l0_px
-    frac = window_tissue_fraction(mask.astype(bool), ds, xs, ys, window_l0_px)  # (rows, cols)
+    frac = window_tissue_fraction(mask.astype(bool), ds, xs[None, :], ys[:, None],
+                                  window_l0_px)  # (rows, cols)
     cells = np.argwhere(frac >= min_tissue - 1e-6).astype(np.int32)  # row-major
     return TissueGrid(geometry, cells, frac[cells[:, 0], cells[:, 1]].astype(np.float32))
+
+
+# --- windows of an image ----------------------------------------------------------------------
+
+
+def window_view(image: np.ndarray, window_px: int, stride_px: int) -> np.ndarray:
+    """Every full window of ``image`` on the grid that starts at its top-left corner, as a
+    read-only view: ``(..., H, W, C)`` -> ``(..., rows, cols, C, window, window)``."""
+    v = np.lib.stride_tricks.sliding_window_view(image, (window_px, window_px), axis=(-3, -2))
+    return v[..., ::stride_px, ::stride_px, :, :, :]
+
+
+def cut_windows(
+    image: np.ndarray, window_px: int = 139, stride_px: int = 128, *, centred: bool = False
+) -> np.ndarray:
+    """Every full ``window_px`` window of an image (or a batch of them) at ``stride_px``.
+
+    Parameters
+    ----------
+    image : ``(H, W, C)`` or ``(N, H, W, C)``.
+    centred : place the grid in the middle of the image (the margin it leaves split evenly)
+        instead of at the top-left corner.
+
+    Returns
+    -------
+    ``(n, window, window, C)`` copies in row-major order (image by image); none when the
+    image is smaller than one window.
+    """
+    a = np.asarray(image)
+    h, w = a.shape[-3:-1]
+    rows, cols = grid_shape((w, h), window_px, stride_px)
+    if rows == 0 or cols == 0:
+        return np.zeros((0, window_px, window_px, a.shape[-1]), a.dtype)
+    if centred:
+        oy = (h - (window_px + (rows - 1) * stride_px)) // 2
+        ox = (w - (window_px + (cols - 1) * stride_px)) // 2
+        a = a[..., oy:, ox:, :]
+    v = window_view(a, window_px, stride_px)[..., :rows, :cols, :, :, :]
+    v = np.moveaxis(v, -3, -1)  # (..., rows, cols, window, window, C)
+    return np.ascontiguousarray(v).reshape(-1, window_px, window_px, a.shape[-1])
+
+
+def tissue_windows(
+    rgb: np.ndarray, *, window_px: int = 139, stride_px: int = 128, min_tissue: float = 0.5
+) -> np.ndarray:
+    """The windows of an image (grid from its top-left corner) with at least ``min_tissue``
+    of their area on tissue (:func:`~convfocus.grading.tissue.tissue_mask` of the whole
+    image): ``(n, window, window, 3)``, row-major."""
+    h, w = rgb.shape[:2]
+    rows, cols = grid_shape((w, h), window_px, stride_px)
+    if rows == 0 or cols == 0:
+        return np.zeros((0, window_px, window_px, 3), np.uint8)
+    xs = np.arange(cols, dtype=np.float64) * stride_px
+    ys = np.arange(rows, dtype=np.float64) * stride_px
+    frac = window_tissue_fraction(tissue_mask(rgb), 1.0, xs[None, :], ys[:, None], window_px)
+    keep = np.argwhere(frac >= min_tissue)
+    v = window_view(np.asarray(rgb)[..., :3], window_px, stride_px)
+    return np.ascontiguousarray(np.moveaxis(v[keep[:, 0], keep[:, 1]], 1, -1))

@@ -1,4 +1,5 @@
-"""Tissue mask from a low-resolution RGB view of a slide (luma rule).
+"""Tissue mask from a low-resolution RGB view of a slide (luma rule), and the share of
+tissue in a window.
 
 Pure array functions: no file access.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["LUMA_WEIGHTS", "luma", "pen_mask", "tissue_mask"]
+__all__ = ["LUMA_WEIGHTS", "luma", "pen_mask", "tissue_mask", "window_tissue_fraction"]
 
 LUMA_WEIGHTS: tuple[float, float, float] = (0.212, 0.715, 0.072)
 """Weights of R, G, B in the luma used for the tissue rule (Kohlberger et al. 2019)."""
@@ -146,3 +147,76 @@ def tissue_mask(
     elif fill_holes is not False and int(fill_holes) > 0:
         mask = _fill_holes(mask, int(fill_holes))
     return mask
+
+
+def _xy(downsample: float | tuple[float, float]) -> tuple[float, float]:
+    """``(x, y)`` downsample from one value or a pair."""
+    if isinstance(downsample, tuple | list | np.ndarray):
+        dx, dy = downsample
+        return float(dx), float(dy)
+    return float(downsample), float(downsample)
+
+
+def _box_integral(integral: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Integral of the mask over [0, y) x [0, x) at fractional ``ys`` and ``xs`` (broadcast).
+
+    The integral image of a piecewise-constant mask is exactly bilinear inside each pixel,
+    so bilinear interpolation of the (h+1, w+1) integral image gives exact partial areas.
+    """
+    h1, w1 = integral.shape
+    ys = np.clip(ys, 0.0, h1 - 1.0)
+    xs = np.clip(xs, 0.0, w1 - 1.0)
+    iy = np.minimum(np.floor(ys).astype(np.int64), h1 - 2)
+    ix = np.minimum(np.floor(xs).astype(np.int64), w1 - 2)
+    fy = ys - iy
+    fx = xs - ix
+    a = integral[iy, ix]
+    b = integral[iy, ix + 1]
+    c = integral[iy + 1, ix]
+    d = integral[iy + 1, ix + 1]
+    return a * (1 - fy) * (1 - fx) + b * (1 - fy) * fx + c * fy * (1 - fx) + d * fy * fx
+
+
+def window_tissue_fraction(
+    mask: np.ndarray,
+    downsample: float | tuple[float, float],
+    l0_x: np.ndarray,
+    l0_y: np.ndarray,
+    window_l0_px: float,
+) -> np.ndarray:
+    """Share of tissue in square windows: the one rule for a window's tissue share.
+
+    Parameters
+    ----------
+    mask : (h, w) bool tissue mask (:func:`tissue_mask`) of the image or of a thumbnail.
+    downsample : level-0 (or image) pixels per mask pixel, one value or ``(x, y)``; 1 for a
+        mask of the image itself.
+    l0_x, l0_y : top-left corners of the windows in level-0 pixels, broadcast together (pass
+        ``xs[None, :]`` and ``ys[:, None]`` for a grid of windows, or two 1-D arrays of
+        corners for windows one by one).
+    window_l0_px : window side in level-0 pixels.
+
+    Returns
+    -------
+    float64 array of the broadcast shape, in [0, 1]. Each mask pixel counts with the part of
+    its area inside the window; area outside the mask (past the slide's edge) counts as no
+    tissue.
+    """
+    dx, dy = _xy(downsample)
+    m = np.asarray(mask, dtype=np.float64)
+    x0 = np.asarray(l0_x, dtype=np.float64) / dx
+    y0 = np.asarray(l0_y, dtype=np.float64) / dy
+    if m.size == 0:
+        return np.zeros(np.broadcast_shapes(x0.shape, y0.shape))
+    integral = np.zeros((m.shape[0] + 1, m.shape[1] + 1), dtype=np.float64)
+    integral[1:, 1:] = m.cumsum(0).cumsum(1)
+    x1 = x0 + window_l0_px / dx
+    y1 = y0 + window_l0_px / dy
+    area = (
+        _box_integral(integral, y1, x1)
+        - _box_integral(integral, y0, x1)
+        - _box_integral(integral, y1, x0)
+        + _box_integral(integral, y0, x0)
+    )
+    window_area = (window_l0_px / dx) * (window_l0_px / dy)
+    return np.clip(area / window_area, 0.0, 1.0)

@@ -19,30 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from convfocus.grading.tiling import tissue_windows
 from convfocus.io.images import resize
 from convfocus.synthesis.defocus import apply_blur, class_centre_px
 
 #: Classes whose interval-centre bokeh radius is applied in the blur-response check.
 BLUR_STEPS = (0, 4, 8, 12, 16, 20, 24, 28)
-
-
-def windows_of(rgb: np.ndarray, *, window: int = 139, stride: int = 128) -> np.ndarray:
-    """All full windows of an image on the scan grid: (n, window, window, 3)."""
-    h, w = rgb.shape[:2]
-    out = [rgb[y : y + window, x : x + window]
-           for y in range(0, h - window + 1, stride) for x in range(0, w - window + 1, stride)]
-    return np.stack(out) if out else np.zeros((0, window, window, 3), np.uint8)
-
-
-def tissue_windows(rgb: np.ndarray, *, min_tissue: float = 0.5) -> np.ndarray:
-    """Windows with at least ``min_tissue`` tissue (luma rule)."""
-    from convfocus.grading.tissue import tissue_mask
-
-    wins = windows_of(rgb)
-    if len(wins) == 0:
-        return wins
-    keep = [tissue_mask(w).mean() >= min_tissue for w in wins]
-    return wins[np.asarray(keep, bool)]
 
 
 def mean_class(grader: Any, windows: np.ndarray) -> float:

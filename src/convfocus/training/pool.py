@@ -22,7 +22,8 @@ import numpy as np
 
 from convfocus import MODEL_MPP
 from convfocus.errors import ConfigError, ConvFocusError
-from convfocus.grading.tissue import luma, tissue_mask
+from convfocus.grading.tiling import grid_shape
+from convfocus.grading.tissue import luma, tissue_mask, window_tissue_fraction
 from convfocus.io.atomic import write_text_atomic
 from convfocus.io.images import resize
 
@@ -135,20 +136,19 @@ def cut_patches(
 
     Tissue is the paper's luma rule ``0 < Y <= 0.8``.
     """
-    mask = tissue_mask(rgb)
-    y_img = luma(rgb)
     h, w = rgb.shape[:2]
+    rows, cols = grid_shape((w, h), patch_px, stride_px)
     out: list[tuple[int, int, float, float]] = []
-    if h < patch_px or w < patch_px:
+    if rows == 0 or cols == 0:
         return out
-    ys = list(range(0, h - patch_px + 1, stride_px))
-    xs = list(range(0, w - patch_px + 1, stride_px))
-    for y in ys:
-        for x in xs:
-            frac = float(mask[y : y + patch_px, x : x + patch_px].mean())
-            if frac >= min_tissue:
-                mean_y = float(y_img[y : y + patch_px, x : x + patch_px].mean())
-                out.append((x, y, frac, mean_y))
+    xs = np.arange(cols) * stride_px
+    ys = np.arange(rows) * stride_px
+    frac = window_tissue_fraction(tissue_mask(rgb), 1.0, xs[None, :], ys[:, None], patch_px)
+    y_img = luma(rgb)
+    for r, c in np.argwhere(frac >= min_tissue):  # row-major
+        x, y = int(xs[c]), int(ys[r])
+        mean_y = float(y_img[y : y + patch_px, x : x + patch_px].mean())
+        out.append((x, y, float(frac[r, c]), mean_y))
     return out
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from convfocus import MODEL_MPP
 from convfocus.errors import ConfigError, NoTissueError, OutputError, PixelSizeError
-from convfocus.grading.tissue import luma, tissue_mask
+from convfocus.grading.tissue import luma, tissue_mask, window_tissue_fraction
 from convfocus.io.atomic import write_text_atomic
 from convfocus.io.images import resize
 
@@ -71,7 +71,8 @@ def candidate_positions(
     """Up to ``n`` random level-0 top-left corners of patches lying mostly on tissue.
 
     Centres are drawn uniformly from tissue pixels of the thumbnail mask; a patch is
-    kept when at least ``min_tissue`` of its footprint on the mask is tissue.
+    kept when at least ``min_tissue`` of its footprint on the mask is tissue
+    (:func:`~convfocus.grading.tissue.window_tissue_fraction`).
     """
     l0_w, l0_h = l0_dims
     th_h, th_w = th_mask.shape
@@ -79,7 +80,6 @@ def candidate_positions(
     if xs.size == 0 or l0_patch_px > min(l0_w, l0_h):
         return []
     sx, sy = l0_w / th_w, l0_h / th_h
-    integral = np.pad(th_mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     out: list[tuple[int, int]] = []
     for _ in range(max_draws):
         pick = rng.integers(0, xs.size, size=n)
@@ -88,14 +88,7 @@ def candidate_positions(
         cy = (ys[pick] + rng.random(n)) * sy
         x0 = np.clip(np.round(cx - l0_patch_px / 2), 0, l0_w - l0_patch_px).astype(np.int64)
         y0 = np.clip(np.round(cy - l0_patch_px / 2), 0, l0_h - l0_patch_px).astype(np.int64)
-        tx0 = np.clip(np.floor(x0 / sx), 0, th_w - 1).astype(np.int64)
-        ty0 = np.clip(np.floor(y0 / sy), 0, th_h - 1).astype(np.int64)
-        tx1 = np.clip(np.ceil((x0 + l0_patch_px) / sx), tx0 + 1, th_w).astype(np.int64)
-        ty1 = np.clip(np.ceil((y0 + l0_patch_px) / sy), ty0 + 1, th_h).astype(np.int64)
-        area = (tx1 - tx0) * (ty1 - ty0)
-        tissue = (integral[ty1, tx1] - integral[ty0, tx1] - integral[ty1, tx0]
-                  + integral[ty0, tx0])
-        ok = tissue >= min_tissue * area
+        ok = window_tissue_fraction(th_mask, (sx, sy), x0, y0, l0_patch_px) >= min_tissue
         out += [(int(x), int(y)) for x, y in zip(x0[ok], y0[ok])]
         if len(out) >= n:
             break
