@@ -8,9 +8,9 @@ and bounds the run to under 5 minutes.
 1. builds (or reuses) the benchmark slide of ``bench/scan_throughput.py`` (default
    65536 x 49152: about 1.3 GP of tissue);
 2. model-only: regions of the scan's own blocks, decoded once and kept on the host, graded
-   repeatedly with the PyTorch CUDA backend in fp32 and fp16 autocast, windows cut out on
-   the GPU (the default, exact), and with the dense pass (the upload of the uint8 pixels is
-   included, the decoding is not);
+   repeatedly with ONNX Runtime's CUDA provider in fp32 and fp16 (the half-precision
+   graph), windows cut out (the default, exact), and with the dense pass (the conversion
+   and upload of the pixels is included, the decoding is not);
 3. grading: ``grade_slide`` with ``--device cuda`` (decoding on all CPU cores, the network
    on the GPU), and the whole ``scan_path`` with every output file.
 
@@ -37,29 +37,32 @@ TARGET_GP_S = 1.0
 
 def _model(model: str | None, tmp: Path) -> str:
     """The given or shipped model; without either, a random-weight paper network (the rate
-    does not depend on the weights)."""
+    does not depend on the weights; exporting it needs PyTorch, the [train] extra)."""
     from convfocus.errors import ModelError
-    from convfocus.training.checkpoint import resolve_model_path, save_model
-    from convfocus.training.model import build_model
-    from convfocus.types import ModelSpec
+    from convfocus.grading.modelfile import resolve_model_path
 
     try:
         return str(resolve_model_path(model))
     except ModelError:
         if model is not None:
             raise
+    from convfocus.training.checkpoint import save_model
+    from convfocus.training.model import build_model
+    from convfocus.types import ModelSpec
+
     print("no shipped model: timing a random-weight paper network instead", flush=True)
     base = tmp / "paper-random"
     save_model(base, build_model("paper").eval(),
-               ModelSpec(name="paper-random", version="0", arch="paper"), onnx=False)
+               ModelSpec(name="paper-random", version="0", arch="paper"))
     return str(base)
 
 
-def _sync() -> None:
-    import torch
+def _gpu_name() -> str:
+    import subprocess
 
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                         capture_output=True, text=True, check=False).stdout.strip()
+    return out.splitlines()[0] if out else "CUDA GPU"
 
 
 def model_only(slide: Path, grader: Any, plan: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -79,13 +82,11 @@ def model_only(slide: Path, grader: Any, plan: dict[str, Any], seconds: float) -
             graded += int(plan["graded"][r0 : r0 + nr, c0 : c0 + nc].sum())
     for r in regions[:2]:  # warm-up: cuDNN picks its algorithms per shape
         grader.predict_region(r)
-    _sync()
     t0, n = time.perf_counter(), 0
-    while time.perf_counter() - t0 < seconds:
+    while time.perf_counter() - t0 < seconds:  # each run returns its result on the host
         for r in regions:
             grader.predict_region(r)
         n += 1
-    _sync()
     wall = time.perf_counter() - t0
     gp = n * graded * 16384 / 1e9
     return {"regions": len(regions), "passes": n, "wall_s": wall, "gp_s": gp / wall}
@@ -101,32 +102,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args(argv)
 
-    import torch
+    from convfocus.grading.infer import cuda_available, load_grader
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("gpu_check: no CUDA device visible to PyTorch "
-              f"(torch {torch.__version__}, built with CUDA {torch.version.cuda})",
+    if args.device == "cuda" and not cuda_available():
+        print("gpu_check: ONNX Runtime has no CUDA provider (install onnxruntime-gpu)",
               file=sys.stderr)
         return 2
     import scan_throughput as st
 
-    from convfocus.grading.infer import load_grader
     from convfocus.grading.scan import ScanOptions, grade_slide, scan_path
     from convfocus.io.readers import open_slide
 
     width, height = (int(v) for v in args.size.lower().split("x"))
     slide = st.cached_slide(width, height)
     cores = os.cpu_count() or 1
-    res: dict[str, Any] = {"device": torch.cuda.get_device_name(0) if args.device == "cuda"
+    res: dict[str, Any] = {"device": _gpu_name() if args.device == "cuda"
                            else "cpu (dry run)", "cores": cores, "size": [width, height]}
     print(f"device: {res['device']}, {cores} CPU cores", flush=True)
     with tempfile.TemporaryDirectory(prefix="cf-gpu-") as tmpd:
         model = _model(args.model, Path(tmpd))
         fp16 = "fp16" if args.device == "cuda" else "fp32"
-        graders = {p: load_grader(model, device=args.device, backend="torch", precision=p)
+        graders = {p: load_grader(model, device=args.device, precision=p)
                    for p in dict.fromkeys(("fp32", fp16))}
-        dense = load_grader(model, device=args.device, backend="torch", precision=fp16,
-                            dense=True)
+        dense = load_grader(model, device=args.device, precision=fp16, dense=True)
         plan = st.plan(slide, graders["fp32"], args.block)
         tissue_gp = int(plan["graded"].sum()) * 16384 / 1e9
         print(f"slide {width}x{height}: {tissue_gp:.2f} GP of tissue, "
@@ -137,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"model-only {name}: {r['gp_s']:.3f} GP/s ({r['passes']} passes over "
                   f"{r['regions']} regions)", flush=True)
         best = max(graders, key=lambda p: res[f"model_only_{p}"]["gp_s"])
-        opts = ScanOptions(model=model, device=args.device, backend="torch", precision=best,
+        opts = ScanOptions(model=model, device=args.device, precision=best,
                            block=args.block, read_threads=min(8, cores),
                            decode_threads=cores, prefetch=2 * min(8, cores))
         with open_slide(slide, threads=cores) as reader:

@@ -4,7 +4,7 @@ Tissue: scikit-image's IHC image at 0.25 µm/px, sharp and blurred with the boke
 every fifth class; where ``../shared/data`` is present also the CMU-1 Aperio region
 (0.499 µm/px, resampled to 0.25 as the scan does), the in-focus pool images and the two
 TCGA@Focus patches. Each image is graded fully convolutionally with the fp32 graph and
-with the statically quantised int8 graph (:func:`convfocus.training.checkpoint.quantize_onnx`).
+with the statically quantised int8 graph (:func:`convfocus.grading.modelfile.quantize_onnx`).
 int8 is worth making the default only if it is faster and >= 99 % of windows stay within
 one class of fp32.
 

@@ -409,7 +409,7 @@ def outputs_check(size: str) -> dict[str, Any]:
 
 def _model_copy(model: str | None) -> str:
     """The model's files copied to ``bench/.cache/models/`` (its int8 graph is cached there)."""
-    from convfocus.training.checkpoint import resolve_model_path
+    from convfocus.grading.modelfile import resolve_model_path
 
     base = resolve_model_path(model)
     dest = CACHE / "models" / base.name

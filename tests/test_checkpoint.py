@@ -11,7 +11,8 @@ import torch
 
 from convfocus.errors import ModelError
 from convfocus.grading.infer import load_grader
-from convfocus.training.checkpoint import load_model, load_spec, resolve_model_path, save_model
+from convfocus.grading.modelfile import load_spec, resolve_model_path
+from convfocus.training.checkpoint import load_model, save_model
 from convfocus.training.model import build_model
 from convfocus.types import ModelSpec
 
@@ -61,13 +62,25 @@ def test_round_trip(tmp_path: Path) -> None:
 def test_onnx_matches_torch(tmp_path: Path, region: np.ndarray, arch: str) -> None:
     base = tmp_path / f"m-{arch}"
     save_model(base, trained_looking(arch), spec_for(arch), onnx=True)
-    onnx = load_grader(base, backend="onnx", threads=1)
-    tch = load_grader(base, backend="torch", threads=1)
-    p_onnx, p_torch = onnx.predict_region(region), tch.predict_region(region)
+    onnx = load_grader(base, threads=1)
+    net, spec = load_model(base)
+
+    def torch_probs(x_uint8: np.ndarray, dense: bool) -> np.ndarray:
+        x = torch.from_numpy(x_uint8).permute(0, 3, 1, 2).float() / 255.0
+        x = (x - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(spec.std).view(
+            1, 3, 1, 1)
+        with torch.no_grad():
+            z = net.forward_dense(x, 139, 128).permute(0, 2, 3, 1) if dense else net(x)
+        return torch.softmax(z, dim=-1).numpy()
+
+    windows = np.stack([region[i, r * 128 : r * 128 + 139, c * 128 : c * 128 + 139]
+                        for i in range(2) for r in range(3) for c in range(4)])
+    p_onnx = onnx.predict_region(region)
     assert p_onnx.shape == (2, 3, 4, 30)
-    assert np.abs(p_onnx - p_torch).max() < 1e-4
-    windows = region[:, :139, :139]
-    assert np.abs(onnx.predict_windows(windows) - tch.predict_windows(windows)).max() < 1e-4
+    assert np.abs(p_onnx.reshape(-1, 30) - torch_probs(windows, False)).max() < 1e-4
+    assert np.abs(load_grader(base, dense=True).predict_region(region)
+                  - torch_probs(region, True)).max() < 1e-4
+    assert np.abs(onnx.predict_windows(windows) - torch_probs(windows, False)).max() < 1e-4
 
 
 def test_missing_model_is_a_model_error(tmp_path: Path) -> None:

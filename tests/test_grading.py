@@ -30,7 +30,7 @@ def grader():
     """The shipped default model; the module skips while it is not shipped."""
     from convfocus.errors import ModelError
     from convfocus.grading.infer import load_grader
-    from convfocus.training.checkpoint import resolve_model_path
+    from convfocus.grading.modelfile import resolve_model_path
 
     try:
         resolve_model_path(None)

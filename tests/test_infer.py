@@ -17,16 +17,16 @@ import torch
 
 from convfocus import MODEL_MPP, NUM_CLASSES
 from convfocus.errors import ConfigError, ModelError
-from convfocus.grading.infer import PreparedRegion, load_grader
-from convfocus.synthesis.defocus import apply_blur, class_centre_px
-from convfocus.training.checkpoint import (
+from convfocus.grading.infer import PreparedRegion, cuda_available, load_grader
+from convfocus.grading.modelfile import (
     fold_normalisation,
     int8_path,
     load_spec,
     quantize_onnx,
     resolve_model_path,
-    save_model,
 )
+from convfocus.synthesis.defocus import apply_blur, class_centre_px
+from convfocus.training.checkpoint import save_model
 from convfocus.training.model import build_model
 from convfocus.types import ModelSpec
 from test_model import randomise_bn
@@ -87,11 +87,10 @@ def _region_and_per_window(grader, regions: np.ndarray) -> tuple[np.ndarray, np.
 # --- regions against windows graded alone ------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", ["onnx", "torch"])
-def test_regions_are_graded_exactly_as_windows_alone(random_model: Path, regions: np.ndarray,
-                                                     backend: str) -> None:
+def test_regions_are_graded_exactly_as_windows_alone(random_model: Path,
+                                                     regions: np.ndarray) -> None:
     """The default: a region's windows are cut out and graded as one batch."""
-    grader = load_grader(random_model, backend=backend)
+    grader = load_grader(random_model)
     assert not grader.dense
     region, per = _region_and_per_window(grader, regions)
     assert np.abs(region - per).max() < 1e-5
@@ -172,7 +171,7 @@ def test_grader_without_folding_gives_the_same_probabilities(
     def refuse(graph, spec):  # type: ignore[no-untyped-def]
         raise ModelError("not foldable")
 
-    monkeypatch.setattr("convfocus.training.checkpoint.fold_normalisation", refuse)
+    monkeypatch.setattr("convfocus.grading.modelfile.fold_normalisation", refuse)
     plain = load_grader(random_model).predict_region(regions[:1, :523, :523])
     assert np.abs(folded - plain).max() < 1e-4
 
@@ -209,14 +208,14 @@ def test_quantize_writes_an_int8_graph_that_grades(random_model: Path, tmp_path:
 def test_int8_is_quantised_in_memory_where_the_model_folder_is_read_only(
     random_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from convfocus.training import checkpoint
+    from convfocus.grading import modelfile
 
-    few = checkpoint.calibration_regions(load_spec(random_model), n=3)
-    monkeypatch.setattr(checkpoint, "calibration_regions", lambda spec, n: few)
+    few = modelfile.calibration_regions(load_spec(random_model), n=3)
+    monkeypatch.setattr(modelfile, "calibration_regions", lambda spec, n: few)
     blocked = tmp_path / "a-file"
     blocked.write_text("")
     # the int8 graph's path lies under a file: writing it raises an OSError
-    monkeypatch.setattr("convfocus.training.checkpoint.int8_path", lambda base: blocked / "m.int8.onnx")
+    monkeypatch.setattr("convfocus.grading.modelfile.int8_path", lambda base: blocked / "m.int8.onnx")
     grader = load_grader(random_model, precision="int8")
     assert grader.predict_region(np.full((523, 523, 3), 200, np.uint8)).shape == (4, 4, 30)
 
@@ -244,9 +243,56 @@ def test_int8_as_default_needs_agreement_with_fp32_trained(
 def test_unknown_or_impossible_precisions_are_config_errors(random_model: Path) -> None:
     with pytest.raises(ConfigError):
         load_grader(random_model, precision="int4")
+    with pytest.raises(ConfigError, match="ONNX Runtime"):
+        load_grader(random_model, backend="torch")
     with pytest.raises(ConfigError):
-        load_grader(random_model, precision="int8", backend="torch")
+        load_grader(random_model, precision="int8", device="cuda")
     with pytest.raises(ConfigError):
         load_grader(random_model, precision="fp16", device="cpu")
     with pytest.raises(ConfigError):
         quantize_onnx(random_model, method="magic")
+
+
+# --- devices: ONNX Runtime's providers, no PyTorch -----------------------------------------------
+
+
+def test_device_auto_grades_on_what_is_there(random_model: Path, regions: np.ndarray) -> None:
+    grader = load_grader(random_model, device="auto")
+    assert grader.device == ("cuda" if cuda_available() else "cpu")
+    cpu = load_grader(random_model, device="cpu").predict_region(regions[:1, :523, :523])
+    assert np.abs(grader.predict_region(regions[:1, :523, :523]) - cpu).max() < 1e-4
+    assert load_grader(random_model, device="auto", precision="int8").device == "cpu"
+
+
+@pytest.mark.skipif(cuda_available(), reason="ONNX Runtime has its CUDA provider here")
+def test_device_cuda_without_the_cuda_provider_is_one_clear_error(random_model: Path) -> None:
+    with pytest.raises(ConfigError, match="onnxruntime-gpu"):
+        load_grader(random_model, device="cuda")
+
+
+def test_fp16_graph_grades_like_fp32(random_model: Path, regions: np.ndarray) -> None:
+    """The half-precision graph that ``--precision fp16`` runs on CUDA, checked on the CPU."""
+    from convfocus.grading.infer import _onnx_grader
+
+    spec = load_spec(random_model)
+    fp16 = _onnx_grader(random_model.with_suffix(".onnx"), spec, "cpu", None, fp16=True)
+    assert fp16.precision == "fp16"
+    a = load_grader(random_model).logits_region(regions[:, :523, :523])
+    b = fp16.logits_region(regions[:, :523, :523])
+    assert b.dtype == np.float32 and b.shape == a.shape
+    assert np.abs(a - b).max() < 0.02 * max(1.0, float(np.abs(a).max()))
+
+
+def test_grading_never_imports_torch(random_model: Path, tmp_path: Path) -> None:
+    """Scanning runs on a lean install (no PyTorch): grading imports none of it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np\n"
+            "from convfocus.grading import infer, scan, batch\n"
+            f"g = infer.load_grader({str(random_model)!r}, device='auto')\n"
+            "g.predict_region(np.full((267, 267, 3), 200, np.uint8))\n"
+            "print('torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=tmp_path)
+    assert out.stdout.strip() == "False", out.stderr

@@ -76,9 +76,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
                    help="model name or path to its .json (default: the shipped model)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
-                   help="where the model runs (default cpu; auto = CUDA when present)")
-    p.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto",
-                   help="inference runtime (default: ONNX Runtime where it can run)")
+                   help="where the model runs (default cpu; auto = CUDA when ONNX Runtime "
+                   "can use it: the onnxruntime-gpu package)")
+    p.add_argument("--backend", choices=("auto", "onnx"), default="auto",
+                   help="inference runtime: ONNX Runtime (the only one)")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="inference threads (default: all cores)")
 
@@ -86,7 +87,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def _add_precision(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("fp32", "int8", "fp16"), default="fp32",
                    help="fp32 (default); int8: quantised ONNX graph on the CPU (docs/"
-                   "performance.md); fp16: autocast on CUDA")
+                   "performance.md); fp16: half precision on CUDA")
 
 
 def _add_scan(sub: argparse._SubParsersAction) -> None:

@@ -1,8 +1,9 @@
 """Inference: a Grader runs a model on windows or, fully convolutionally, on whole regions.
 
-ONNX Runtime runs the exported dense graph on CPU (and on CUDA where its CUDA
-provider is installed); PyTorch is the fallback and the CUDA path. Settings
-(window, stride, normalisation) come from the model's spec, never from guesses.
+ONNX Runtime runs the model's exported graph (``NAME.onnx``): on the CPU, and on a
+CUDA GPU through its CUDA execution provider where that is installed (the
+``onnxruntime-gpu`` package). Grading needs no PyTorch. Settings (window, stride,
+normalisation) come from the model's spec, never from guesses.
 
 A region (``stride * rows + window - stride`` px a side) is graded in one of two ways:
 its windows cut out and graded as one batch, exactly as the model was trained (the
@@ -31,8 +32,10 @@ from convfocus.types import ModelSpec
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
-#: ``fp32``; ``int8``: the statically quantised ONNX graph (CPU); ``fp16``: autocast (CUDA).
+#: ``fp32``; ``int8``: the statically quantised graph (CPU); ``fp16``: half precision (CUDA).
 PRECISIONS = ("fp32", "int8", "fp16")
+#: Inference runtimes: ONNX Runtime only (``auto`` is the same).
+BACKENDS = ("auto", "onnx")
 
 
 def _rgb_nchw_float(x_uint8: np.ndarray) -> np.ndarray:
@@ -172,13 +175,11 @@ class Grader:
         return np.concatenate(out)
 
 
-def _cuda_available() -> bool:
-    try:
-        import torch
+def cuda_available() -> bool:
+    """True when ONNX Runtime has its CUDA execution provider (``onnxruntime-gpu``)."""
+    import onnxruntime as ort  # type: ignore[import-untyped]
 
-        return bool(torch.cuda.is_available())
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return False
+    return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
 def load_grader(
@@ -192,49 +193,44 @@ def load_grader(
 ) -> Grader:
     """Load a model for inference.
 
-    ``device``: ``cpu``, ``cuda`` or ``auto`` (CUDA when present). ``backend``:
-    ``onnx`` (ONNX Runtime), ``torch`` or ``auto`` (ONNX Runtime on CPU, and on CUDA
-    when its CUDA provider is installed; PyTorch otherwise). ``precision``: ``fp32``;
-    ``int8`` runs ``NAME.int8.onnx`` with ONNX Runtime on the CPU (made by
-    :func:`convfocus.training.checkpoint.quantize_onnx` when absent); ``fp16`` runs PyTorch on
-    CUDA under autocast. ``dense``: grade regions with one pass of the conv stack instead of
-    cutting out their windows (faster, not exact; see the module docstring).
+    ``device``: ``cpu``, ``cuda`` or ``auto`` (CUDA where ONNX Runtime can use it, else the
+    CPU). ``backend``: ``onnx`` or ``auto``, both ONNX Runtime. ``precision``: ``fp32``;
+    ``int8`` runs ``NAME.int8.onnx`` on the CPU (made by
+    :func:`convfocus.grading.modelfile.quantize_onnx` when absent); ``fp16`` runs the graph
+    in half precision on CUDA. ``dense``: grade regions with one pass of the conv stack
+    instead of cutting out their windows (faster, not exact; see the module docstring).
     """
-    from convfocus.training.checkpoint import load_spec, resolve_model_path
+    from convfocus.grading.modelfile import load_spec, resolve_model_path
 
     if device not in DEVICES:
         raise ConfigError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; choose one of "
                           f"{', '.join(PRECISIONS)}")
-    if device == "auto":
-        device = "cuda" if _cuda_available() else "cpu"
-    elif device == "cuda" and not _cuda_available():
-        raise ConfigError("--device cuda asked for, but no CUDA device is available")
-    if precision == "int8" and (device != "cpu" or backend == "torch"):
-        raise ConfigError("--precision int8 runs with ONNX Runtime on the CPU only")
-    if precision == "fp16" and (device != "cuda" or backend == "onnx"):
-        raise ConfigError("--precision fp16 runs with PyTorch on CUDA only")
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}: graders run with ONNX Runtime "
+                          "(onnx or auto)")
+    auto = device == "auto"
+    if auto:
+        device = "cuda" if precision != "int8" and cuda_available() else "cpu"
+    elif device == "cuda" and not cuda_available():
+        raise ConfigError("--device cuda asked for, but ONNX Runtime has no CUDA provider here "
+                          "(it comes with the onnxruntime-gpu package)")
+    if precision == "int8" and device != "cpu":
+        raise ConfigError("--precision int8 runs on the CPU only")
+    if precision == "fp16" and device != "cuda":
+        raise ConfigError("--precision fp16 runs on CUDA only")
     base = resolve_model_path(model)
     spec = load_spec(base)
-    onnx_path = base.with_suffix(".onnx")
     if precision == "int8":
         return _int8_grader(base, spec, threads, dense)
-    if backend == "auto":
-        backend = "onnx" if onnx_path.is_file() and precision == "fp32" else "torch"
-        if backend == "onnx" and device == "cuda":
-            import onnxruntime as ort  # type: ignore[import-untyped]
-
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                backend = "torch"
-    if backend == "onnx":
-        return _onnx_grader(onnx_path, spec, device, threads, dense)
-    if backend == "torch":
-        return _torch_grader(base, spec, device, threads, precision, dense)
-    raise ConfigError(f"unknown backend {backend!r}; choose onnx, torch or auto")
+    return _onnx_grader(base.with_suffix(".onnx"), spec, device, threads, dense,
+                        fp16=precision == "fp16", fallback=auto)
 
 
 def _session(graph: bytes | str, path: Path, device: str, threads: int | None) -> Any:
+    """An ONNX Runtime session; on ``cuda`` the CUDA provider must have started
+    (ConfigError otherwise: no usable GPU or CUDA libraries)."""
     import onnxruntime as ort  # type: ignore[import-untyped]
 
     so = ort.SessionOptions()
@@ -246,26 +242,34 @@ def _session(graph: bytes | str, path: Path, device: str, threads: int | None) -
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else [
         "CPUExecutionProvider"]
     try:
-        return ort.InferenceSession(graph, so, providers=providers)
+        sess = ort.InferenceSession(graph, so, providers=providers)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
         raise ModelError(f"ONNX graph does not load: {exc}", path) from None
+    if device == "cuda" and "CUDAExecutionProvider" not in sess.get_providers():
+        raise ConfigError("ONNX Runtime could not start its CUDA provider (no usable GPU, "
+                          "driver or CUDA libraries)")
+    return sess
 
 
 def _onnx_grader(
-    path: Path, spec: ModelSpec, device: str, threads: int | None, dense: bool = False
+    path: Path, spec: ModelSpec, device: str, threads: int | None, dense: bool = False,
+    *, fp16: bool = False, fallback: bool = False,
 ) -> Grader:
     """ONNX Runtime on ``NAME.onnx``, with the input normalisation folded into the first
-    convolution when the graph allows (one pass uint8 -> float32 instead of three)."""
+    convolution when the graph allows (one pass uint8 -> float32 instead of three);
+    ``fp16``: the graph in half precision. ``fallback``: run on the CPU where CUDA was
+    asked for but does not start (``--device auto``)."""
     import onnx
 
-    from convfocus.training.checkpoint import (
+    from convfocus.grading.modelfile import (
         ONNX_INPUT_NORMALISED,
         ONNX_INPUT_RGB,
         fold_normalisation,
+        to_fp16,
     )
 
     if not path.is_file():
-        raise ModelError("no ONNX graph beside the model", path)
+        raise ModelError("no ONNX graph beside the model (training exports NAME.onnx)", path)
     try:
         graph = onnx.load(str(path))
     except Exception as exc:  # noqa: BLE001 - OSError, protobuf's DecodeError
@@ -277,18 +281,27 @@ def _onnx_grader(
         folded = None
     prepare_windows = None
     if folded is not None:
-        sess = _session(folded.SerializeToString(), path, device, threads)
-        name, prepare = ONNX_INPUT_RGB, _rgb_nchw_float
+        graph, name, prepare = folded, ONNX_INPUT_RGB, _rgb_nchw_float
         prepare_windows = _windows_prepare(spec)
     else:
-        sess = _session(graph.SerializeToString(), path, device, threads)
         name, prepare = ONNX_INPUT_NORMALISED, None
+    if fp16:
+        graph = to_fp16(graph)
+    model = graph.SerializeToString()
+    try:
+        sess = _session(model, path, device, threads)
+    except ConfigError as exc:
+        if not (fallback and device == "cuda"):
+            raise
+        log.warning("%s; grading on the CPU", exc.message)
+        device = "cpu"
+        sess = _session(model, path, device, threads)
 
     def run(x: np.ndarray) -> np.ndarray:
         return sess.run(["logits"], {name: x})[0]
 
     return Grader(spec, run, "onnx", device, prepare=prepare, prepare_windows=prepare_windows,
-                  dense=dense)
+                  precision="fp16" if fp16 else "fp32", dense=dense)
 
 
 def _windows_prepare(spec: ModelSpec):  # type: ignore[no-untyped-def]
@@ -305,7 +318,7 @@ def _int8_grader(
     the model, or in memory where that folder is read-only)."""
     import tempfile
 
-    from convfocus.training.checkpoint import ONNX_INPUT_RGB, int8_path, quantize_onnx
+    from convfocus.grading.modelfile import ONNX_INPUT_RGB, int8_path, quantize_onnx
 
     path = int8_path(base)
     graph: bytes | str = str(path)
@@ -325,61 +338,3 @@ def _int8_grader(
 
     return Grader(spec, run, "onnx", "cpu", prepare=_rgb_nchw_float,
                   prepare_windows=_windows_prepare(spec), precision="int8", dense=dense)
-
-
-def _torch_grader(
-    base: Path, spec: ModelSpec, device: str, threads: int | None, precision: str = "fp32",
-    dense: bool = False,
-) -> Grader:
-    """PyTorch: uint8 regions go to the device as they are and are normalised (and cut into
-    windows) there; on CUDA the network runs channels-last (cuDNN's fast layout), under
-    fp16 autocast if asked."""
-    import torch
-
-    from convfocus.training.checkpoint import load_model
-
-    net, _ = load_model(base)
-    dev = torch.device(device)
-    cuda = dev.type == "cuda"
-    net = net.to(dev)
-    if cuda:
-        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    if threads:
-        torch.set_num_threads(threads)
-    mean = torch.tensor(spec.mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
-    scale, shift = 1.0 / (255.0 * std), mean / std
-
-    win, stride = spec.window_px, spec.stride_px
-
-    def on_device(x: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(x)).to(dev, non_blocking=cuda)
-        t = t.permute(0, 3, 1, 2)  # NHWC storage: channels-last already
-        return t.float() * scale - shift
-
-    def forward(t: torch.Tensor, whole: bool) -> np.ndarray:
-        if not cuda:
-            t = t.contiguous()
-            z = net.forward_dense(t, win, stride) if whole else net(t)[:, :, None, None]
-            return z.numpy()
-        t = t.contiguous(memory_format=torch.channels_last)
-        with torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False), \
-                torch.autocast("cuda", dtype=torch.float16, enabled=precision == "fp16"):
-            z = net.forward_dense(t, win, stride) if whole else net(t)[:, :, None, None]
-        return z.float().cpu().numpy()
-
-    @torch.inference_mode()
-    def run(x: np.ndarray) -> np.ndarray:
-        return forward(on_device(x), True)
-
-    @torch.inference_mode()
-    def run_windows(x: np.ndarray) -> np.ndarray:
-        t = on_device(x).unfold(2, win, stride).unfold(3, win, stride)  # (N, 3, R, C, w, w)
-        return forward(t.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3, win, win), False)
-
-    return Grader(spec, run, "torch", device, prepare=_identity, prepare_windows=_identity,
-                  run_windows=run_windows, precision=precision, dense=dense)
-
-
-def _identity(x: np.ndarray) -> np.ndarray:
-    return x

@@ -1,64 +1,24 @@
-"""The single owner of the weights format: ``NAME.safetensors`` + ``NAME.json`` (ModelSpec).
+"""Weights with PyTorch: ``NAME.safetensors`` beside the spec, and the ONNX export.
 
-An optional ``NAME.onnx`` holds the fully convolutional graph (input ``image``:
-float32 (N, 3, H, W) normalised; output ``logits``: (N, 30, rows, cols)) that
-inference runs with ONNX Runtime. An optional ``NAME.int8.onnx``
-(:func:`quantize_onnx`) is the same graph with int8 weights and activations; its
-input ``rgb`` is float32 (N, 3, H, W) RGB in 0..255, the normalisation being folded
-into the first convolution (:func:`fold_normalisation`).
+:func:`save_model` writes a trained network as the files of
+:mod:`convfocus.grading.modelfile` (weights, graph, and the spec last);
+:func:`load_model` builds the network back from them. Grading needs none of this:
+it runs the ONNX graph.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from convfocus.errors import ConfigError, ModelError
-from convfocus.io.atomic import write_atomic, write_bytes_atomic, write_text_atomic
+from convfocus.errors import ModelError
+from convfocus.grading.modelfile import int8_path, load_spec, resolve_model_path
+from convfocus.io.atomic import write_atomic, write_text_atomic
 from convfocus.types import ModelSpec
 
-if TYPE_CHECKING:  # torch is imported where weights are touched: ONNX inference needs none
+if TYPE_CHECKING:
     from convfocus.training.model import ConvFocusNet
-
-DEFAULT_MODEL = "convfocus-default"
-
-#: Input of ``NAME.onnx``: float32 (N, 3, H, W), ``(x / 255 - mean) / std``.
-ONNX_INPUT_NORMALISED = "image"
-#: Input of a graph with the normalisation folded in: float32 (N, 3, H, W), RGB 0..255.
-ONNX_INPUT_RGB = "rgb"
-#: Quantisation methods of :func:`quantize_onnx`.
-QUANT_METHODS = ("static", "dynamic")
-
-
-def packaged_models_dir() -> Path:
-    """Folder of the models shipped inside the package."""
-    return Path(str(resources.files("convfocus") / "models"))
-
-
-def resolve_model_path(model: str | Path | None) -> Path:
-    """``None`` -> the shipped default; a name -> a shipped model; else a path (with or
-    without suffix) to ``.json``/``.safetensors``/``.onnx``. Returns the path without suffix."""
-    if model is None:
-        model = DEFAULT_MODEL
-    p = Path(model)
-    if p.suffix in (".json", ".safetensors", ".onnx"):
-        p = p.with_suffix("")
-    if p.with_suffix(".json").is_file():
-        return p
-    shipped = packaged_models_dir() / p.name
-    if shipped.with_suffix(".json").is_file():
-        return shipped
-    raise ModelError("model not found (no spec .json beside it)", model)
-
-
-def load_spec(base: Path) -> ModelSpec:
-    try:
-        return ModelSpec.from_dict(json.loads(base.with_suffix(".json").read_text()))
-    except (OSError, ValueError, TypeError) as exc:
-        raise ModelError(f"unreadable model spec: {exc}", base.with_suffix(".json")) from None
 
 
 def save_model(base: Path, model: ConvFocusNet, spec: ModelSpec, *, onnx: bool = True) -> None:
@@ -128,185 +88,3 @@ def export_onnx(net: ConvFocusNet, spec: ModelSpec, path: Path, *, opset: int = 
             )
 
     write_atomic(path, write)
-
-
-# --- graph rewrites: normalisation folded into the first conv, int8 -----------------------------
-
-
-def int8_path(base: Path) -> Path:
-    """``NAME.int8.onnx`` beside ``NAME.json``."""
-    return base.with_name(base.name + ".int8.onnx")
-
-
-def fold_normalisation(graph: Any, spec: ModelSpec) -> Any:
-    """Fold ``(x / 255 - mean) / std`` into the first convolution of an ONNX graph.
-
-    ``graph`` is an ``onnx.ModelProto`` whose input ``image`` feeds one unpadded Conv
-    (exact there: no padded border sees the shifted zero). Returns a new graph whose
-    input ``rgb`` takes float32 RGB in 0..255 and whose outputs equal the original's
-    up to float rounding. Raises :class:`ModelError` when the graph does not have that
-    form.
-    """
-    import numpy as np
-    import onnx
-    from onnx import numpy_helper
-
-    g = onnx.ModelProto()
-    g.CopyFrom(graph)
-    gi = g.graph
-    names = [i.name for i in gi.input]
-    if ONNX_INPUT_RGB in names:
-        return g
-    if names != [ONNX_INPUT_NORMALISED]:
-        raise ModelError(f"ONNX graph inputs {names} are not [{ONNX_INPUT_NORMALISED!r}]")
-    users = [n for n in gi.node if ONNX_INPUT_NORMALISED in n.input]
-    conv = users[0] if len(users) == 1 else None
-    attrs = {} if conv is None else {a.name: onnx.helper.get_attribute_value(a)
-                                     for a in conv.attribute}
-    pads = attrs.get("pads", [0])
-    auto_pad = attrs.get("auto_pad", b"NOTSET")
-    if (conv is None or conv.op_type != "Conv" or conv.input[0] != ONNX_INPUT_NORMALISED
-            or any(pads) or auto_pad not in (b"NOTSET", b"VALID") or attrs.get("group", 1) != 1):
-        raise ModelError("the graph's input does not feed one unpadded convolution")
-    inits = {t.name: t for t in gi.initializer}
-    if conv.input[1] not in inits:
-        raise ModelError("the first convolution's weights are not constants")
-    w = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)  # (out, 3, k, k)
-    bias_name = conv.input[2] if len(conv.input) > 2 and conv.input[2] else None
-    if bias_name is not None and bias_name not in inits:
-        raise ModelError("the first convolution's bias is not a constant")
-    b = (numpy_helper.to_array(inits[bias_name]).astype(np.float64) if bias_name
-         else np.zeros(w.shape[0]))
-    std = np.asarray(spec.std, np.float64)
-    mean = np.asarray(spec.mean, np.float64)
-    w_rgb = w / (255.0 * std)[None, :, None, None]
-    b_rgb = b - (w * (mean / std)[None, :, None, None]).sum(axis=(1, 2, 3))
-    # fresh initializer names: the originals may be shared with other nodes
-    wn, bn = conv.input[1] + "_rgb", (bias_name or "conv0_bias") + "_rgb"
-    gi.initializer.extend([numpy_helper.from_array(w_rgb.astype(np.float32), wn),
-                           numpy_helper.from_array(b_rgb.astype(np.float32), bn)])
-    old = [n for n in conv.input[1:] if n]
-    del conv.input[:]
-    conv.input.extend([ONNX_INPUT_RGB, wn, bn])
-    used = {i for n in gi.node for i in n.input}
-    keep = [t for t in gi.initializer if t.name not in old or t.name in used]
-    del gi.initializer[:]
-    gi.initializer.extend(keep)
-    gi.input[0].name = ONNX_INPUT_RGB
-    return g
-
-
-#: Pixel size of scikit-image's IHC image (µm/px), as in ``convfocus.demo.IHC_MPP``.
-_IHC_MPP = 0.35
-
-
-def calibration_regions(spec: ModelSpec, *, n: int = 24, side_cells: int = 4,
-                        seed: int = 0) -> list[Any]:
-    """Real tissue at the model's pixel size, sharp and blurred over the class range.
-
-    scikit-image's immunohistochemistry image (always installed), crops of
-    ``stride * side_cells + (window - stride)`` px blurred with the bokeh kernel at
-    the nominal radius of classes 0..29 in turn. Returns float32 (1, 3, H, W) 0..255.
-    """
-    import numpy as np
-    from skimage import data
-
-    from convfocus.io.images import resize
-    from convfocus.synthesis.defocus import apply_blur, class_centre_px
-
-    ihc = data.immunohistochemistry()
-    f = _IHC_MPP / spec.mpp
-    tissue = resize(ihc, scale=f)
-    tissue = np.concatenate([tissue, tissue[:, ::-1]], axis=1)
-    side = spec.stride_px * side_cells + (spec.window_px - spec.stride_px)
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        y = int(rng.integers(0, tissue.shape[0] - side + 1))
-        x = int(rng.integers(0, tissue.shape[1] - side + 1))
-        crop = tissue[y : y + side, x : x + side]
-        c = (i * 7) % spec.num_classes  # every class, spread over the crops
-        if c:
-            crop = apply_blur(crop, "bokeh", class_centre_px(c))
-        out.append(np.ascontiguousarray(crop.transpose(2, 0, 1)[None], np.float32))
-    return out
-
-
-def quantize_onnx(
-    base: Path, *, method: str = "static", out: Path | None = None, calibration: int = 24
-) -> Path:
-    """Write an int8 copy of ``NAME.onnx`` (default ``NAME.int8.onnx``) and return its path.
-
-    ``static``: QDQ graph, per-channel int8 weights, uint8 activations whose ranges are
-    calibrated (min/max) on ``calibration`` crops of :func:`calibration_regions`; the input
-    ``rgb`` keeps its exact 0..255 range (scale 1). ``dynamic``: int8 weights, activations
-    quantised at run time (``ConvInteger``). Both take 0..255 RGB (``rgb``).
-    """
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader  # type: ignore[import-untyped]
-
-    if method not in QUANT_METHODS:
-        raise ConfigError(f"unknown quantisation method {method!r}; choose static or dynamic")
-    base = resolve_model_path(base)
-    spec = load_spec(base)
-    src = base.with_suffix(".onnx")
-    try:
-        graph = onnx.load(str(src))
-    except Exception as exc:  # noqa: BLE001 - OSError, protobuf's DecodeError
-        raise ModelError(f"ONNX graph does not load: {exc}", src) from None
-    folded = fold_normalisation(graph, spec)
-    out = Path(out) if out is not None else int8_path(base)
-    regions = calibration_regions(spec, n=calibration) if method == "static" else []
-
-    class _Reader(CalibrationDataReader):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self._it = iter(regions)
-
-        def get_next(self) -> dict[str, Any] | None:
-            x = next(self._it, None)
-            return None if x is None else {ONNX_INPUT_RGB: x}
-
-    quiet = _DropRecords("pre-process")  # onnxruntime's advice, logged on the root logger
-    logging.getLogger().addFilter(quiet)
-    try:
-        _quantize_to(folded, out, method, _Reader())
-    finally:
-        logging.getLogger().removeFilter(quiet)
-    return out
-
-
-class _DropRecords(logging.Filter):
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.text = text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return self.text not in record.getMessage()
-
-
-def _quantize_to(folded: Any, out: Path, method: str, reader: Any) -> None:
-    import tempfile
-
-    import numpy as np
-    import onnx
-    from onnxruntime.quantization import (  # type: ignore[import-untyped]
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
-
-    with tempfile.TemporaryDirectory(prefix="convfocus-quant-") as tmpd:
-        f32 = Path(tmpd) / "folded.onnx"
-        q = Path(tmpd) / "int8.onnx"
-        onnx.save(folded, str(f32))
-        if method == "static":
-            quantize_static(
-                str(f32), str(q), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                extra_options={"TensorQuantOverrides": {ONNX_INPUT_RGB: [
-                    {"scale": np.array(1.0, np.float32), "zero_point": np.array(0, np.uint8)}]}},
-            )
-        else:
-            quantize_dynamic(str(f32), str(q), weight_type=QuantType.QInt8)
-        write_bytes_atomic(out, q.read_bytes(), parents=True)
