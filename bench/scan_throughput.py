@@ -356,10 +356,9 @@ def outputs_child(width: int, height: int) -> None:
     """In a fresh process: the per-slide arrays of a ``width x height`` slide at 0.25 µm/px
     with tissue on all of it (the worst case), and every output file written from them.
     Prints peak RSS and times as JSON; nothing of the slide's pixels is built."""
-    from types import SimpleNamespace
-
     from convfocus import NUM_CLASSES
-    from convfocus.grading.scan import Grading, ScanOptions, write_outputs
+    from convfocus.grading.outputs import write_outputs
+    from convfocus.grading.result import SlideInfo, SlideResult
     from convfocus.types import GridGeometry, ModelSpec
 
     t0 = time.perf_counter()
@@ -380,18 +379,12 @@ def outputs_child(width: int, height: int) -> None:
     th_side = 2048
     th_ds = max(width, height) / th_side
     thumb = np.full((round(height / th_ds), round(width / th_ds), 3), 200, np.uint8)
-    g = Grading(classmap, probs, grid, cells, 1.0, 0.0,
-                {"slide_mpp": MODEL_MPP, "window_px": spec.window_px,
-                 "stride_px": spec.stride_px, "blocks": 0, "thumbnail": thumb,
-                 "th_downsample": th_ds})
-    reader = SimpleNamespace(dimensions=(width, height), format="tiff", mpp_from_metadata=0.25,
-                             path=Path("memory-check.tif"))
-    grader = SimpleNamespace(spec=spec)
+    result = SlideResult(SlideInfo("memory-check.tif", (width, height), MODEL_MPP,
+                                   format="tiff"), spec, grid, classmap, probs, thumb, th_ds)
     rss_arrays = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t1 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cf-outputs-") as tmpd:
-        write_outputs(Path(tmpd), g, reader, grader, ScanOptions(), Path("memory-check.tif"),
-                      runtime_start=t0)
+        write_outputs(result, tmpd, runtime_start=t0)
         sizes = {f.name: f.stat().st_size for f in Path(tmpd).iterdir()}
     print(json.dumps({"rows": rows, "cols": cols, "windows": len(cells),
                       "arrays_mb": (probs.nbytes + classmap.nbytes + cells.nbytes) / 2**20,

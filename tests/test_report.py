@@ -11,6 +11,7 @@ import pytest
 from convfocus.grading import heatmap as hm
 from convfocus.grading import report as rp
 from convfocus.grading.regions import oof_regions
+from convfocus.grading.result import SlideInfo, SlideResult
 from convfocus.types import GridGeometry, ModelSpec
 
 GRID = {"l0_origin_px": [16, 8], "l0_stride_px": 128, "l0_window_px": 139, "rows": 20,
@@ -28,24 +29,33 @@ def _classmap() -> np.ndarray:
     return cm
 
 
-def _summary(**kw):
+def _result(**kw) -> SlideResult:
+    cm = kw.pop("classmap", _classmap())
+    probs = np.zeros((*cm.shape, 30), np.float16)
+    rr, cc = np.nonzero(cm >= 0)
+    probs[rr, cc, cm[rr, cc]] = 1.0
     args = {
-        "input_path": "/slides/case <1>.svs", "dimensions": DIMS, "slide_mpp": 0.25,
-        "spec": SPEC, "classmap": _classmap(), "grid": GEOMETRY, "runtime_s": 3.21,
-        "created_utc": "2024-01-01T00:00:00",
+        "slide": SlideInfo("/slides/case <1>.svs", DIMS, 0.25, mpp_source="metadata"),
+        "spec": SPEC, "grid": GEOMETRY, "classmap": cm, "probs": probs,
+        "thumbnail": np.full((60, 90, 3), 235, np.uint8), "th_downsample": DIMS[0] / 90,
+        "seconds": 3.21,
     }
     args.update(kw)
-    return rp.build_summary(**args)
+    return SlideResult(**args)
+
+
+def _summary(result: SlideResult | None = None, **kw):
+    return rp.build_summary(result or _result(), created_utc="2024-01-01T00:00:00", **kw)
 
 
 def test_summary_contents():
-    s = _summary(profile="cytology", mpp_source="metadata")
+    s = _summary(_result(profile="cytology"))
     json.dumps(s, allow_nan=False)
     assert s["grid"] == GRID
     assert s["dimensions"] == list(DIMS) and s["mpp"] == 0.25 and s["model_mpp"] == 0.25
     assert s["input"] == "/slides/case <1>.svs" and s["slide"] == "case <1>"
     assert s["model"]["name"] == "convfocus-test" and s["model"]["version"] == "9.9"
-    assert s["native"] is False
+    assert s["native"] is False and s["mpp_source"] == "metadata"
     n = int((_classmap() >= 0).sum())
     assert s["windows_graded"] == n
     assert s["tissue_area_mm2"] == pytest.approx(n * (128 * 0.25 / 1000) ** 2, rel=1e-3)
@@ -60,25 +70,24 @@ def test_summary_contents():
     assert s["runtime_s"] == pytest.approx(3.21)
 
 
-def test_summary_without_pixel_size_has_no_area_and_uses_given_regions():
-    cm = _classmap()
-    geo = oof_regions(cm, GEOMETRY, min_class=25)  # none
-    s = _summary(slide_mpp=None, geojson=geo)
-    assert s["tissue_area_mm2"] is None and s["mpp"] is None
+def test_summary_uses_given_regions_and_the_results_own_otherwise():
+    result = _result()
+    geo = oof_regions(result.classmap, GEOMETRY, min_class=25)  # none
+    s = _summary(result, geojson=geo)
     assert s["regions"]["count"] == 0 and s["regions"]["worst"] == []
+    assert _summary(result)["regions"]["count"] == len(result.regions["features"]) == 1
+    # another OOF threshold draws the regions again with it
+    assert _summary(result, oof_min_class=25)["regions"]["count"] == 0
 
 
 def test_summary_mean_expected_class_from_probabilities():
     probs = np.zeros((20, 30, 30), np.float16)
     probs[..., 4] = 0.5
     probs[..., 6] = 0.5
-    s = _summary(probs=probs)
+    s = _summary(_result(probs=probs))
     assert s["mean_expected_class"] == pytest.approx(5.0)
-
-
-def test_summary_rejects_a_classmap_that_does_not_fit_the_grid():
-    with pytest.raises(ValueError):
-        _summary(classmap=np.zeros((3, 3), int))
+    assert s["runtime_s"] == pytest.approx(3.21)  # the grading time unless given
+    assert _summary(runtime_s=7.0)["runtime_s"] == 7.0
 
 
 def _report_html(summary=None):

@@ -14,16 +14,14 @@ import numpy as np
 import pytest
 
 from convfocus import NUM_CLASSES
+from convfocus.grading.outputs import OUTPUT_FILES, TILES_HEADER, tiles_rows
 from convfocus.grading.scan import (
-    OUTPUT_FILES,
-    TILES_HEADER,
     ScanOptions,
     _blocks,
     grade_slide,
     is_complete,
     read_model_region,
     scan_path,
-    tiles_rows,
 )
 from convfocus.io.images import write_pyramidal_tiff
 from convfocus.io.readers import open_slide
@@ -358,7 +356,7 @@ def test_window_and_stride_settings(pyramid_tiff: Path, grader):
         width, height = reader.dimensions
         assert g.grid.l0_stride_px == 139 and g.grid.l0_window_px == 139
         assert (g.grid.rows, g.grid.cols) == ((height - 139) // 139 + 1, (width - 139) // 139 + 1)
-        rows = list(tiles_rows(g, blur_mpp=0.25))
+        rows = list(tiles_rows(g))
         assert len(rows) == len(g.cells) > 0
         assert all(x % 139 == 0 and y % 139 == 0 for x, y, *_ in rows)
         # each class is the class of that window graded alone

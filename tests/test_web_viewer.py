@@ -304,16 +304,18 @@ def test_summary_panel_leads_with_the_verdict(tmp_path: Path) -> None:
     # the panel showed the first 24 keys of summary.json (schema version, ...) and never
     # the verdict, the OOF pattern or the scan lanes
     from convfocus.grading.report import build_summary
+    from convfocus.grading.result import SlideInfo, SlideResult
     from convfocus.types import GridGeometry, ModelSpec
 
     folder = make_scan_folder(tmp_path, "full")
     old = json.loads((folder / "summary.json").read_text())
-    s = build_summary(
-        input_path=old["input"], dimensions=(W, H), slide_mpp=0.25,
-        spec=ModelSpec(name="convfocus-test", version="9.9", arch="lite"),
-        classmap=np.load(folder / "classmap.npy"), grid=GridGeometry.from_dict(old["grid"]),
-        runtime_s=1.0,
-        mpp_source="--mpp", profile="cytology")
+    result = SlideResult(
+        SlideInfo(old["input"], (W, H), 0.25, mpp_source="--mpp"),
+        ModelSpec(name="convfocus-test", version="9.9", arch="lite"),
+        GridGeometry.from_dict(old["grid"]), np.load(folder / "classmap.npy"),
+        np.load(folder / "probs.npy"), np.zeros((H // 8, W // 8, 3), np.uint8), 8.0,
+        profile="cytology", seconds=1.0)
+    s = build_summary(result)
     (folder / "summary.json").write_text(json.dumps(s))
     app = ViewerApp(folder)
     pw, browser = browser_or_skip()

@@ -43,7 +43,9 @@ class SlideJob:
 
 
 @dataclass(frozen=True)
-class SlideResult:
+class JobResult:
+    """How one slide's job in a batch ended (its graded result is in its output folder)."""
+
     path: Path
     status: str  # "done", "skipped", "failed"
     out: Path | None = None
@@ -109,13 +111,13 @@ def _cached_grader(
                        precision=precision, dense=dense)
 
 
-def scan_job(job: SlideJob, out_root: str, opts: ScanOptions) -> SlideResult:
+def scan_job(job: SlideJob, out_root: str, opts: ScanOptions) -> JobResult:
     """Scan one slide, turning expected failures into a result (runs in any worker)."""
     t0 = time.perf_counter()
     o = replace(opts, mpp=job.mpp if job.mpp is not None else opts.mpp)
 
-    def failed(message: str) -> SlideResult:
-        return SlideResult(job.path, "failed", None, message, time.perf_counter() - t0)
+    def failed(message: str) -> JobResult:
+        return JobResult(job.path, "failed", None, message, time.perf_counter() - t0)
 
     if job.path.is_dir() and not is_dicom_folder(job.path):
         return failed(f"{job.path}: no slides in this folder")
@@ -123,7 +125,7 @@ def scan_job(job: SlideJob, out_root: str, opts: ScanOptions) -> SlideResult:
         grader = _cached_grader(None if o.model is None else str(o.model), o.device, o.backend,
                                 o.threads, o.precision, o.dense)
         out = scan_path(job.path, Path(out_root), options=o, grader=grader)
-        return SlideResult(job.path, "done", out, None, time.perf_counter() - t0)
+        return JobResult(job.path, "done", out, None, time.perf_counter() - t0)
     except ConvFocusError as exc:
         return failed(str(exc))
     except MemoryError:
@@ -143,7 +145,7 @@ class Progress:
         self.done = 0
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
 
-    def update(self, r: SlideResult) -> None:
+    def update(self, r: JobResult) -> None:
         self.done += 1
         if self.quiet:
             return
@@ -176,31 +178,31 @@ def run_batch(
     scheduler: str | None = None,
     resume: bool = False,
     quiet: bool = False,
-    on_result: Callable[[SlideResult], None] | None = None,
-) -> list[SlideResult]:
+    on_result: Callable[[JobResult], None] | None = None,
+) -> list[JobResult]:
     """Scan every job; return one result per job in input order, then write the index."""
     out_root = Path(out_root)
     ensure_output_root(out_root)
     remove_stale(out_root)  # folders and files that killed runs were writing or replacing
-    results: dict[int, SlideResult] = {}
+    results: dict[int, JobResult] = {}
     todo: list[tuple[int, SlideJob]] = []
     names: dict[str, Path] = {}
     for i, j in enumerate(jobs):
         name = output_dir(j.path, out_root).name
         if name in names:
-            results[i] = SlideResult(j.path, "failed", None,
+            results[i] = JobResult(j.path, "failed", None,
                                      f"{j.path}: output name '{name}' collides with {names[name]}")
             continue
         names[name] = j.path
         if resume and is_complete(output_dir(j.path, out_root)):
-            results[i] = SlideResult(j.path, "skipped", output_dir(j.path, out_root))
+            results[i] = JobResult(j.path, "skipped", output_dir(j.path, out_root))
             continue
         todo.append((i, j))
     progress = Progress(len(jobs), quiet=quiet)
     for r in results.values():
         progress.update(r)
 
-    def record(i: int, r: SlideResult) -> None:
+    def record(i: int, r: JobResult) -> None:
         results[i] = r
         progress.update(r)
         if r.status == "failed":
@@ -237,7 +239,7 @@ def _run_processes(todo, out_root: Path, opts: ScanOptions, workers: int, record
             try:
                 r = f.result()
             except Exception as exc:  # noqa: BLE001 - a worker process died (killed, OOM)
-                r = SlideResult(j.path, "failed", None,
+                r = JobResult(j.path, "failed", None,
                                 f"{j.path}: worker error: {type(exc).__name__}: {exc}")
             record(i, r)
 
@@ -268,13 +270,13 @@ def _run_dask(todo, out_root: Path, opts: ScanOptions, address: str, record) -> 
                 r = f.result()
             except Exception as exc:  # noqa: BLE001 - a worker died or raised unexpectedly
                 j = dict(todo)[futs[f]]
-                r = SlideResult(j.path, "failed", None, f"{j.path}: worker error: {exc}")
+                r = JobResult(j.path, "failed", None, f"{j.path}: worker error: {exc}")
             record(futs[f], r)
     finally:
         client.close()
 
 
-def write_index(out_root: Path, results: Iterable[SlideResult]) -> None:
+def write_index(out_root: Path, results: Iterable[JobResult]) -> None:
     """``OUT/index.csv`` and ``OUT/index.html`` over every slide of the batch."""
     import json
 

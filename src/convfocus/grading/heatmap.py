@@ -1,9 +1,10 @@
 """Class map -> colour images: jet heatmaps, overlays on the thumbnail, legends.
 
 A class map is an integer grid ``(rows, cols)`` of OOF classes ``0..num_classes-1``
-with ``-1`` where there is no tissue. Cell ``(row, col)`` belongs to the window
-grid described by :class:`~convfocus.types.GridGeometry` (``grid`` in ``summary.json``):
-it starts at level-0 pixel ``(x0 + col * stride, y0 + row * stride)``. Windows
+with ``-1`` where there is no tissue, checked once where it is made
+(:class:`~convfocus.grading.result.SlideResult`); the functions here trust it. Cell
+``(row, col)`` belongs to the window grid described by
+:class:`~convfocus.types.GridGeometry` (``grid`` in ``summary.json``): it starts at level-0 pixel ``(x0 + col * stride, y0 + row * stride)``. Windows
 overlap (139 px window, 128 px stride), so for drawing each cell owns only its
 ``stride x stride`` square, which tiles the plane without gaps or overlaps.
 
@@ -28,32 +29,6 @@ from convfocus.types import OOF_BUCKETS as BUCKETS
 from convfocus.types import GridGeometry
 
 LEGEND_LABEL = "OOF class (0 in focus .. 29 strongly out of focus)"
-
-
-def check_classmap(classmap: np.ndarray, *, num_classes: int = NUM_CLASSES) -> np.ndarray:
-    """Return ``classmap`` as a 2-D int array, checking values are -1 or 0..num_classes-1.
-
-    Raises
-    ------
-    ValueError
-        If it is not 2-D, not integral, or holds other values.
-    """
-    cm = np.asarray(classmap)
-    if cm.ndim != 2:
-        raise ValueError(f"class map must be 2-D (rows, cols), got shape {cm.shape}")
-    if (
-        cm.size
-        and not np.issubdtype(cm.dtype, np.integer)
-        and not (np.all(np.isfinite(cm)) and np.all(cm == np.round(cm)))
-    ):
-        raise ValueError("class map must hold integers")
-    cm = cm.astype(np.int32, copy=False)
-    if cm.size and (cm.min() < -1 or cm.max() >= num_classes):
-        raise ValueError(
-            f"class map values must be -1 (no tissue) or 0..{num_classes - 1}, "
-            f"got {int(cm.min())}..{int(cm.max())}"
-        )
-    return cm
 
 
 # --- colours -----------------------------------------------------------------------------------
@@ -106,7 +81,7 @@ def heatmap_rgba(
         Side of each cell in output pixels (nearest-neighbour upscaling); the
         output is ``(rows * cell_px, cols * cell_px, 4)``.
     """
-    cm = check_classmap(classmap, num_classes=num_classes)
+    cm = np.asarray(classmap)
     if cell_px < 1:
         raise ValueError(f"cell_px must be >= 1, got {cell_px}")
     colors = class_colors(num_classes)
@@ -206,7 +181,7 @@ def overlay(
     if th.ndim != 3 or th.shape[2] not in (3, 4):
         raise ValueError(f"thumbnail must be (h, w, 3) RGB, got shape {th.shape}")
     th = th[..., :3].astype(np.float32)
-    cm = check_classmap(classmap, num_classes=num_classes)
+    cm = np.asarray(classmap)
     if cm.shape != grid.shape:
         raise ValueError(f"class map shape {cm.shape} does not match grid {grid.shape}")
     if not 0.0 <= alpha <= 1.0:
@@ -347,7 +322,7 @@ def heatmap_png(
     Cells are enlarged by an integer factor so the longest side is about
     ``target_side_px``.
     """
-    cm = check_classmap(classmap, num_classes=num_classes)
+    cm = np.asarray(classmap)
     if cm.size == 0:
         raise ValueError("class map is empty")
     cell_px = max(1, target_side_px // max(cm.shape))

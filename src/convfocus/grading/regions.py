@@ -1,7 +1,8 @@
 """Class map -> connected OOF regions (GeoJSON), the OOF pattern, and verdict profiles.
 
 A class map is an integer grid ``(rows, cols)`` of OOF classes 0..29 with -1
-where there is no tissue (see :mod:`convfocus.grading.heatmap`). Everything here is pure.
+where there is no tissue, checked once where it is made
+(:class:`~convfocus.grading.result.SlideResult`). Everything here is pure.
 
 The paper distinguishes three kinds of OOF in decreasing severity: *global*
 (the whole slide, e.g. the scanner focused on coverslip debris), *regional*
@@ -28,11 +29,12 @@ from scipy import ndimage
 
 from convfocus import NUM_CLASSES
 from convfocus.errors import ConfigError
-from convfocus.grading.heatmap import BUCKETS, check_classmap
+from convfocus.grading.heatmap import BUCKETS
 from convfocus.types import GridGeometry
 
 __all__ = [
     "BUCKETS",
+    "OOF_MIN_CLASS",
     "PROFILES",
     "SEVERITY_COLORS",
     "Profile",
@@ -47,6 +49,10 @@ __all__ = [
 ]
 
 _EIGHT = np.ones((3, 3), dtype=bool)
+
+#: Cells of this class and above count as out of focus in regions and the pattern (buckets
+#: 10-14 and above; the verdict profiles set their own).
+OOF_MIN_CLASS = 10
 
 #: QuPath classification colours of the region severities (RGB).
 SEVERITY_COLORS: dict[str, tuple[int, int, int]] = {
@@ -73,7 +79,7 @@ def bucket_shares(
     All shares are 0.0 when there is no tissue; otherwise they sum to 1 when the
     buckets cover all classes.
     """
-    cm = check_classmap(classmap)
+    cm = np.asarray(classmap)
     tissue = cm[cm >= 0]
     n = tissue.size
     out: dict[str, float] = {}
@@ -258,7 +264,7 @@ def oof_regions(
     classmap: np.ndarray,
     grid: GridGeometry,
     *,
-    min_class: int = 10,
+    min_class: int = OOF_MIN_CLASS,
     min_cells: int = 2,
     mpp: float | None = None,
     l0_dimensions: tuple[int, int] | None = None,
@@ -299,17 +305,16 @@ def oof_regions(
         ``n_cells``, ``area_um2``, ``centroid_l0_px``, ``bbox_l0_px`` and QuPath
         ``measurements``.
     """
-    cm = check_classmap(classmap)
-    g = grid
-    if cm.shape != g.shape:
-        raise ValueError(f"class map shape {cm.shape} does not match grid {g.shape}")
+    cm = np.asarray(classmap)
+    if cm.shape != grid.shape:
+        raise ValueError(f"class map shape {cm.shape} does not match grid {grid.shape}")
     if min_cells < 1:
         raise ValueError(f"min_cells must be >= 1, got {min_cells}")
     oof = cm >= min_class
     labels, _ = ndimage.label(oof, structure=_EIGHT)
-    cell_um2 = None if mpp is None else (g.l0_stride_px * mpp) ** 2
-    x0, y0 = g.l0_origin_px
-    s = g.l0_stride_px
+    cell_um2 = None if mpp is None else (grid.l0_stride_px * mpp) ** 2
+    x0, y0 = grid.l0_origin_px
+    s = grid.l0_stride_px
     features: list[dict[str, Any]] = []
     for k, sl in enumerate(ndimage.find_objects(labels), start=1):
         if sl is None:
@@ -326,7 +331,7 @@ def oof_regions(
         shifted = [
             [[(x + c_off, y + r_off) for x, y in ring] for ring in poly] for poly in polys
         ]
-        coords = [[_ring_to_l0(ring, g, l0_dimensions) for ring in poly] for poly in shifted]
+        coords = [[_ring_to_l0(ring, grid, l0_dimensions) for ring in poly] for poly in shifted]
         geometry: dict[str, Any] = (
             {"type": "Polygon", "coordinates": coords[0]}
             if len(coords) == 1
@@ -426,7 +431,7 @@ def _lanes_along(
 def oof_pattern(
     classmap: np.ndarray,
     *,
-    min_class: int = 10,
+    min_class: int = OOF_MIN_CLASS,
     global_share: float = 0.5,
     regional_min_cells: int = 10,
     lane_min_share: float = 0.6,
@@ -474,7 +479,7 @@ def oof_pattern(
 
     References: Kohlberger et al. 2019, Introduction and Figure 1.
     """
-    cm = check_classmap(classmap)
+    cm = np.asarray(classmap)
     tissue = cm >= 0
     oof = cm >= min_class
     n_tissue = int(tissue.sum())
@@ -683,7 +688,7 @@ def verdict(classmap: np.ndarray, profile: Profile | str = "histology") -> dict[
         ``oof_min_class``, ``oof_share``, ``largest_region_cells``.
     """
     p = get_profile(profile)
-    cm = check_classmap(classmap)
+    cm = np.asarray(classmap)
     tissue = cm >= 0
     n_tissue = int(tissue.sum())
     if n_tissue == 0:

@@ -1,6 +1,7 @@
 """Per-slide ``summary.json`` and ``report.html``, and the batch ``index.html``.
 
-:func:`build_summary` turns a graded class map into the summary dictionary;
+:func:`build_summary` turns a graded slide (:class:`~convfocus.grading.result.SlideResult`)
+into the summary dictionary;
 :func:`render_report_html` makes one self-contained page of it (images embedded
 as base64 data URIs, inline CSS, no external resources); :func:`render_index_html`
 lists many slides in a table sortable by clicking its headers. The scan writes them
@@ -21,12 +22,12 @@ from urllib.parse import quote
 import numpy as np
 
 from convfocus import NUM_CLASSES, __version__
-from convfocus.grading.heatmap import bucket_colors, check_classmap, class_colors
+from convfocus.grading.heatmap import bucket_colors, class_colors
 from convfocus.grading.regions import (
     BUCKETS,
+    OOF_MIN_CLASS,
     PROFILES,
     SEVERITY_COLORS,
-    Profile,
     bucket_label,
     bucket_shares,
     get_profile,
@@ -34,8 +35,8 @@ from convfocus.grading.regions import (
     oof_regions,
     verdict,
 )
+from convfocus.grading.result import SlideResult
 from convfocus.io.atomic import to_jsonable
-from convfocus.types import GridGeometry, ModelSpec
 
 SUMMARY_SCHEMA = 1
 
@@ -53,22 +54,12 @@ _VERDICT_ORDER = {"pass": 0, "review": 1, "rescan": 2, "error": 3}
 
 
 def build_summary(
+    result: SlideResult,
     *,
-    input_path: str | Path,
-    dimensions: tuple[int, int],
-    slide_mpp: float | None,
-    spec: ModelSpec,
-    classmap: np.ndarray,
-    grid: GridGeometry,
-    runtime_s: float,
-    native: bool = False,
-    profile: Profile | str = "histology",
-    probs: np.ndarray | None = None,
+    runtime_s: float | None = None,
     geojson: Mapping[str, Any] | None = None,
-    oof_min_class: int = 10,
+    oof_min_class: int = OOF_MIN_CLASS,
     max_regions: int = 10,
-    mpp_source: str | None = None,
-    slide_format: str | None = None,
     created_utc: str | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -76,64 +67,40 @@ def build_summary(
 
     Parameters
     ----------
-    input_path
-        The slide file (or DICOM folder).
-    dimensions
-        Level-0 ``(width, height)`` in pixels.
-    slide_mpp
-        Level-0 µm per pixel of the slide (``None`` if unknown: no tissue area).
-    spec
-        The model's settings (name, version, window, stride, pixel size).
-    classmap
-        ``(rows, cols)`` classes, -1 = not graded.
-    grid
-        Grid geometry in level-0 pixels; stored under ``grid``.
+    result
+        The graded slide: its path, size, pixel size, the model, the grid (stored under
+        ``grid``), the class map and probabilities, and the profile of the main verdict
+        (all profiles are listed too).
     runtime_s
-        Wall time of the scan.
-    native
-        True when windows were graded at the slide's own pixel size instead of
-        being resampled to the model's.
-    profile
-        Clinical-use profile of the main verdict (all profiles are listed too).
-    probs
-        Optional ``(rows, cols, num_classes)`` probabilities, for the mean expected class.
+        Wall time of the scan (default: the time spent grading).
     geojson
-        The slide's OOF regions (:func:`~convfocus.grading.regions.oof_regions`); computed
-        when not given.
+        The slide's OOF regions when they were drawn with other settings than
+        ``result.regions``; ``None`` takes ``result.regions``.
     oof_min_class
         Class from which a cell counts as OOF for ``oof_share`` and the pattern.
     max_regions
         How many of the worst regions to list.
     """
-    cm = check_classmap(classmap, num_classes=spec.num_classes)
-    g = grid
-    if cm.shape != g.shape:
-        raise ValueError(f"class map shape {cm.shape} does not match grid {g.shape}")
-    prof = get_profile(profile)
+    spec, g, cm, probs = result.spec, result.grid, result.classmap, result.probs
+    slide = result.slide
+    prof = get_profile(result.profile)
     tissue = cm >= 0
     n = int(tissue.sum())
     counts = np.bincount(cm[tissue].ravel(), minlength=spec.num_classes)[: spec.num_classes]
     mean_class = float(cm[tissue].mean()) if n else None
 
     mean_expected = None
-    if probs is not None:
-        p = np.asarray(probs)  # float64 for the tissue cells only: memory stays bounded
-        if p.shape[:2] != cm.shape or p.shape[-1] != spec.num_classes:
-            raise ValueError(f"probs shape {p.shape} does not match class map {cm.shape}")
-        if n:
-            pt = p[tissue].astype(np.float64)
-            pt /= np.maximum(pt.sum(axis=1, keepdims=True), 1e-12)
-            mean_expected = float((pt @ np.arange(spec.num_classes)).mean())
+    if n:  # float64 for the tissue cells only: memory stays bounded
+        pt = probs[tissue].astype(np.float64)
+        pt /= np.maximum(pt.sum(axis=1, keepdims=True), 1e-12)
+        mean_expected = float((pt @ np.arange(spec.num_classes)).mean())
 
-    if slide_mpp is not None and n:
-        cell_mm = g.l0_stride_px * slide_mpp / 1000.0
-        tissue_area_mm2: float | None = n * cell_mm * cell_mm
-    else:
-        tissue_area_mm2 = None if slide_mpp is None else 0.0
+    cell_mm = g.l0_stride_px * slide.mpp / 1000.0
+    tissue_area_mm2 = n * cell_mm * cell_mm if n else 0.0
 
     if geojson is None:
-        geojson = oof_regions(cm, g, min_class=oof_min_class, mpp=slide_mpp,
-                              l0_dimensions=dimensions)
+        geojson = result.regions if oof_min_class == OOF_MIN_CLASS else oof_regions(
+            cm, g, min_class=oof_min_class, mpp=slide.mpp, l0_dimensions=slide.dimensions)
     features = list(geojson.get("features", []))
     worst = [_region_row(f.get("properties", {})) for f in features[:max_regions]]
 
@@ -142,15 +109,15 @@ def build_summary(
     created = created_utc or _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
     summary: dict[str, Any] = {
         "schema_version": SUMMARY_SCHEMA,
-        "slide": _stem(input_path),
-        "input": str(input_path),
-        "format": slide_format,
-        "dimensions": [int(dimensions[0]), int(dimensions[1])],
-        "mpp": slide_mpp,
-        "mpp_source": mpp_source,
+        "slide": _stem(slide.path),
+        "input": slide.path,
+        "format": slide.format,
+        "dimensions": [int(slide.dimensions[0]), int(slide.dimensions[1])],
+        "mpp": slide.mpp,
+        "mpp_source": slide.mpp_source,
         "model_mpp": spec.mpp,
-        "native": bool(native),
-        "graded_mpp": slide_mpp if native else spec.mpp,
+        "native": bool(result.native),
+        "graded_mpp": result.graded_mpp,
         "model": {
             "name": spec.name,
             "version": spec.version,
@@ -162,7 +129,7 @@ def build_summary(
         },
         "grid": g.to_dict(),
         "windows_graded": n,
-        "tissue_area_mm2": None if tissue_area_mm2 is None else round(tissue_area_mm2, 4),
+        "tissue_area_mm2": round(tissue_area_mm2, 4),
         "tissue_area_note": TISSUE_AREA_NOTE,
         "mean_class": None if mean_class is None else round(mean_class, 3),
         "mean_expected_class": None if mean_expected is None else round(mean_expected, 3),
@@ -174,7 +141,7 @@ def build_summary(
         "verdict": main,
         "verdicts": {name: verdict(cm, p)["verdict"] for name, p in PROFILES.items()},
         "regions": {"count": len(features), "min_class": oof_min_class, "worst": worst},
-        "runtime_s": round(float(runtime_s), 3),
+        "runtime_s": round(float(result.seconds if runtime_s is None else runtime_s), 3),
         "convfocus_version": __version__,
         "created_utc": created,
     }

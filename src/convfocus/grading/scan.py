@@ -1,5 +1,9 @@
 """Scanning: slide -> tissue mask -> window grid -> regions -> model -> class map -> outputs.
 
+:func:`grade_slide` grades an open slide into a :class:`~convfocus.grading.result.SlideResult`;
+:func:`scan_path` opens a slide, grades it and writes its output folder
+(:mod:`convfocus.grading.outputs`) under a temporary name.
+
 Windows are graded fully convolutionally: the graded cells of the grid are covered
 by regions of at most ``block`` x ``block`` cells (strips of ``block // 2`` rows, see
 ``_blocks``), each read once as ``stride * cells + (window - stride)`` model pixels,
@@ -16,27 +20,19 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from convfocus import NUM_CLASSES
 from convfocus.errors import ConvFocusError, NoTissueError, OutputError
+from convfocus.grading.outputs import OUTPUT_FILES, write_outputs
+from convfocus.grading.result import SlideInfo, SlideResult
 from convfocus.grading.tiling import cut_windows
 from convfocus.io.images import resize
-from convfocus.synthesis.defocus import class_centre_px
-from convfocus.types import GridGeometry
 
 log = logging.getLogger(__name__)
-
-#: Files a complete output folder holds; ``summary.json`` is written last.
-OUTPUT_FILES = (
-    "tiles.csv", "classmap.npy", "probs.npy", "thumbnail.png", "classmap.png", "heatmap.png",
-    "overlay.png",
-    "oof_regions.geojson", "report.html", "summary.json",
-)
 
 
 @dataclass(frozen=True)
@@ -60,19 +56,6 @@ class ScanOptions:
     precision: str = "fp32"
     decode_threads: int | None = None  # tile-decoding threads of the reader (None: its default)
     dense: bool = False  # one conv pass per region: faster, not exact (infer.py)
-
-
-@dataclass
-class Grading:
-    """What the model said about one slide, on the window grid."""
-
-    classmap: np.ndarray  # (rows, cols) int16, -1 = not graded
-    probs: np.ndarray  # (rows, cols, 30) float16, 0 where not graded
-    grid: GridGeometry
-    cells: np.ndarray  # (N, 2) int32 [row, col] graded, row-major
-    model_px_per_l0_px: float
-    seconds: float
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _blocks(graded: np.ndarray, block: int) -> list[tuple[int, int, int, int]]:
@@ -129,14 +112,20 @@ def read_model_region(
 def grade_slide(
     reader: Any,
     grader: Any,
-    opts: ScanOptions,
+    opts: ScanOptions | None = None,
     *,
     progress: Callable[[int, int], None] | None = None,
-) -> Grading:
-    """Grade every tissue window of an open slide."""
+) -> SlideResult:
+    """Grade every tissue window of an open slide (:func:`convfocus.io.readers.open_slide`)
+    with a grader (:func:`convfocus.grading.infer.load_grader`).
+
+    ``progress(done, total)`` is called after each region. Raises
+    :class:`~convfocus.errors.NoTissueError` when there is nothing to grade.
+    """
     from convfocus.grading.tiling import make_grid
     from convfocus.grading.tissue import tissue_mask
 
+    opts = opts or ScanOptions()
     t0 = time.perf_counter()
     spec = grader.spec
     win = opts.window_px or spec.window_px
@@ -161,7 +150,7 @@ def grade_slide(
 
     grid = tgrid.geometry
     classmap = np.full(grid.shape, -1, np.int16)
-    probs = np.zeros((*grid.shape, NUM_CLASSES), np.float16)
+    probs = np.zeros((*grid.shape, spec.num_classes), np.float16)
     graded = tgrid.mask()
     blocks = _blocks(graded, opts.block)
     ox, oy = grid.l0_origin_px
@@ -201,9 +190,12 @@ def grade_slide(
             done += 1
             if progress is not None:
                 progress(done, len(blocks))
-    return Grading(classmap, probs, grid, tgrid.cells, scale, time.perf_counter() - t0,
-                   {"slide_mpp": slide_mpp, "window_px": win, "stride_px": stride,
-                    "blocks": len(blocks), "thumbnail": thumb, "th_downsample": th_ds})
+    info = SlideInfo(
+        # absolute, so the viewer finds the slide from any working directory
+        path=os.path.abspath(reader.path), dimensions=(int(w0), int(h0)), mpp=slide_mpp,
+        mpp_source=_mpp_source(reader, opts), format=getattr(reader, "format", None))
+    return SlideResult(info, spec, grid, classmap, probs, thumb, th_ds, native=opts.native,
+                       profile=opts.profile, seconds=time.perf_counter() - t0)
 
 
 def _grade_region(grader: Any, region: Any, win: int, stride: int, nr: int, nc: int):
@@ -216,58 +208,6 @@ def _grade_region(grader: Any, region: Any, win: int, stride: int, nr: int, nc: 
     if win != spec.window_px:
         wins = np.stack([resize(w, (spec.window_px, spec.window_px)) for w in wins])
     return grader.predict_windows(wins).reshape(nr, nc, -1)
-
-
-# --- outputs -----------------------------------------------------------------------------------
-
-
-def tiles_rows(
-    g: Grading, *, blur_mpp: float, spacing: str = "exponential"
-) -> Iterator[list[Any]]:
-    """Rows of tiles.csv: one per graded window, row-major; ``blur_um`` from the class
-    spacing of the model (``spacing``) at ``blur_mpp`` µm/px."""
-    for head, p in _tile_values(g, blur_mpp, spacing):
-        yield [*head, *(_P_FORMAT % p).split(",")]
-
-
-#: The 30 probabilities of a tiles.csv row, as ``f"{v:.4f}"`` gives each.
-_P_FORMAT = ",".join(["%.4f"] * NUM_CLASSES)
-
-
-def _tile_values(
-    g: Grading, blur_mpp: float, spacing: str, chunk: int = 8192
-) -> Iterator[tuple[tuple[Any, ...], tuple[float, ...]]]:
-    """(x, y, row, col, class, expected class, confidence, blur) and the normalised
-    probabilities of each graded window; numpy over chunks of windows, Python per row
-    only where tiles.csv needs Python's own rounding."""
-    idx = np.arange(NUM_CLASSES, dtype=np.float64)
-    blur = [round(class_centre_px(k, spacing=spacing) * blur_mpp, 3) for k in range(NUM_CLASSES)]
-    ox, oy = g.grid.l0_origin_px
-    s = g.grid.l0_stride_px
-    cells = g.cells
-    for i in range(0, len(cells), chunk):
-        rc = cells[i : i + chunk]
-        p = g.probs[rc[:, 0], rc[:, 1]].astype(np.float64)
-        p /= np.maximum(p.sum(axis=1, keepdims=True), 1e-12)
-        expected = (p @ idx).tolist()
-        conf = p.max(axis=1).tolist()
-        ks = g.classmap[rc[:, 0], rc[:, 1]].tolist()
-        for (r, c), k, e, m, row in zip(rc.tolist(), ks, expected, conf, p.tolist(),
-                                        strict=True):
-            yield ((round(ox + c * s), round(oy + r * s), r, c, k, round(e, 3), round(m, 4),
-                    blur[k]), tuple(row))
-
-
-TILES_HEADER = ["x_px", "y_px", "row", "col", "oof_class", "expected_class", "confidence",
-                "blur_um", *(f"p{i}" for i in range(NUM_CLASSES))]
-
-
-def _write_tiles(path: Path, g: Grading, blur_mpp: float, spacing: str) -> None:
-    # the lines csv.writer would write (no field needs quoting), at a fraction of the cost
-    with open(path, "w", newline="") as fh:
-        fh.write(",".join(TILES_HEADER) + "\n")
-        fh.writelines(f"{x},{y},{r},{c},{k},{e!r},{m!r},{b!r},{_P_FORMAT % p}\n"
-                      for (x, y, r, c, k, e, m, b), p in _tile_values(g, blur_mpp, spacing))
 
 
 def ensure_output_root(out_root: Path) -> None:
@@ -309,7 +249,6 @@ def scan_path(
     failures; no partial output folder is left behind.
     """
     from convfocus.grading.infer import load_grader
-    from convfocus.io.atomic import atomic_folder
     from convfocus.io.readers import open_slide
 
     opts = options or ScanOptions(model=model, mpp=mpp, native=native, profile=profile,
@@ -324,17 +263,34 @@ def scan_path(
                              threads=opts.threads, precision=opts.precision, dense=opts.dense)
     reader = open_slide(slide, mpp=opts.mpp, threads=opts.decode_threads)
     try:
-        g = grade_slide(reader, grader, opts, progress=progress)
-        try:
-            # written under a temporary name, the folder replaces an older one whole
-            with atomic_folder(final) as tmp:
-                write_outputs(tmp, g, reader, grader, opts, slide, runtime_start=t0)
-        except OSError as exc:
-            raise OutputError(f"cannot write outputs: {_os_cause(exc)}", final) from None
-        except OutputError as exc:  # a writer's own error names a file in the temporary folder
-            raise OutputError(f"cannot write outputs: {exc.message}", final) from None
+        result = grade_slide(reader, grader, opts, progress=progress)
+        save_outputs(result, final, runtime_start=t0)
     finally:
         reader.close()
+    return final
+
+
+def save_outputs(
+    result: SlideResult, folder: str | os.PathLike[str], *, runtime_start: float | None = None
+) -> Path:
+    """Write every output of ``result`` into ``folder``, built under a temporary name and
+    then put in place whole (an older folder of that name is replaced); returns it.
+
+    Raises :class:`~convfocus.errors.OutputError` when it cannot be written; nothing is
+    left behind then.
+    """
+    from convfocus.io.atomic import atomic_folder
+
+    final = Path(folder)
+    ensure_output_root(final.parent)
+    try:
+        # written under a temporary name, the folder replaces an older one whole
+        with atomic_folder(final) as tmp:
+            write_outputs(result, tmp, runtime_start=runtime_start)
+    except OSError as exc:
+        raise OutputError(f"cannot write outputs: {_os_cause(exc)}", final) from None
+    except OutputError as exc:  # a writer's own error names a file in the temporary folder
+        raise OutputError(f"cannot write outputs: {exc.message}", final) from None
     return final
 
 
@@ -347,57 +303,6 @@ def _os_cause(exc: OSError) -> str:
     return str(exc) or type(exc).__name__
 
 
-#: Longest side of ``heatmap.png`` is about this many pixels (an integer number per cell).
-HEATMAP_SIDE_PX = 900
-
-
-def write_outputs(
-    folder: Path, g: Grading, reader: Any, grader: Any, opts: ScanOptions, slide: Path,
-    *, runtime_start: float,
-) -> None:
-    """Write every output file of one slide into ``folder``; summary.json last."""
-    from convfocus.grading import heatmap, regions, report
-    from convfocus.io.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
-    from convfocus.io.images import write_png
-
-    spec = grader.spec
-    blur_mpp = g.extra["slide_mpp"] if opts.native else spec.mpp
-    _write_tiles(folder / "tiles.csv", g, blur_mpp, spec.spacing)
-    np.save(folder / "classmap.npy", g.classmap)
-    np.save(folder / "probs.npy", g.probs)
-    thumb = g.extra["thumbnail"]
-    write_png(folder / "thumbnail.png", thumb)
-    # classmap.png: the class map itself, one square of cell_px per cell, RGBA with
-    # transparent non-tissue (it lies over the grid exactly, for viewers);
-    # heatmap.png: the same in jet colours with a legend, non-tissue transparent
-    cell_px = max(1, HEATMAP_SIDE_PX // max(g.classmap.shape))
-    write_png(folder / "classmap.png", heatmap.heatmap_rgba(g.classmap, cell_px=cell_px))
-    heat_png = heatmap.heatmap_png(g.classmap, background="none")
-    write_bytes_atomic(folder / "heatmap.png", heat_png)
-    write_bytes_atomic(folder / "overlay.png", heatmap.overlay_png(
-        thumb, g.classmap, g.grid, th_downsample=g.extra["th_downsample"]))
-    geo = regions.oof_regions(g.classmap, g.grid, mpp=g.extra["slide_mpp"],
-                              l0_dimensions=reader.dimensions)
-    write_json_atomic(folder / "oof_regions.geojson", geo)
-    summary = report.build_summary(
-        # absolute, so the viewer finds the slide from any working directory
-        input_path=os.path.abspath(slide), dimensions=reader.dimensions,
-        slide_mpp=g.extra["slide_mpp"],
-        spec=spec, classmap=g.classmap, grid=g.grid,
-        runtime_s=time.perf_counter() - runtime_start, native=opts.native,
-        profile=opts.profile, probs=g.probs, geojson=geo,
-        slide_format=getattr(reader, "format", None),
-        mpp_source=_mpp_source(reader, opts),
-    )
-    html = report.render_report_html(
-        summary, overlay_png=(folder / "overlay.png").read_bytes(),
-        heatmap_png=heat_png,
-        histogram_png=heatmap.histogram_png(g.classmap), geojson=geo,
-    )
-    write_text_atomic(folder / "report.html", html)
-    write_json_atomic(folder / "summary.json", summary)
-
-
 def _mpp_source(reader: Any, opts: ScanOptions) -> str:
     if opts.mpp is not None:
         return "--mpp"
@@ -408,10 +313,10 @@ def _mpp_source(reader: Any, opts: ScanOptions) -> str:
 
 __all__ = [
     "ConvFocusError",
-    "Grading",
     "ScanOptions",
     "grade_slide",
     "is_complete",
     "output_dir",
+    "save_outputs",
     "scan_path",
 ]

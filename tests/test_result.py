@@ -1,0 +1,64 @@
+"""The graded slide: a SlideResult is checked once, when it is made, and then trusted."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from convfocus.errors import ConfigError
+from convfocus.grading.regions import oof_regions, verdict
+from convfocus.grading.result import SlideInfo, SlideResult, check_classmap
+from convfocus.types import GridGeometry, ModelSpec
+
+SPEC = ModelSpec(name="convfocus-test", version="1", arch="lite")
+GRID = GridGeometry((0.0, 0.0), 128.0, 139.0, 4, 6)
+INFO = SlideInfo("/slides/a.svs", (6 * 128 + 11, 4 * 128 + 11), 0.25)
+
+
+def _result(classmap: object = None, **kw: object) -> SlideResult:
+    cm = np.full((4, 6), -1) if classmap is None else classmap
+    cm_arr = np.asarray(cm)
+    shape = cm_arr.shape if cm_arr.ndim == 2 else (4, 6)
+    args: dict = {"slide": INFO, "spec": SPEC, "grid": GRID, "classmap": cm,
+                  "probs": np.zeros((*shape, 30), np.float16),
+                  "thumbnail": np.full((40, 60, 3), 230, np.uint8), "th_downsample": 13.0}
+    args.update(kw)
+    return SlideResult(**args)
+
+
+@pytest.mark.parametrize("bad", [[[30]], [[-2]], [[0.5]], [1, 2, 3]])
+def test_check_classmap_rejects_bad_values(bad: list) -> None:
+    with pytest.raises(ValueError):
+        check_classmap(np.array(bad))
+
+
+@pytest.mark.parametrize("bad", [np.full((4, 6), 30), np.full((4, 6), 2.5), np.zeros(24, int),
+                                 np.zeros((3, 6), int)])
+def test_a_bad_class_map_never_makes_a_result(bad: np.ndarray) -> None:
+    with pytest.raises(ValueError):
+        _result(bad)
+
+
+def test_probabilities_thumbnail_and_profile_are_checked() -> None:
+    with pytest.raises(ValueError, match="probabilities"):
+        _result(probs=np.zeros((4, 6, 29), np.float16))
+    with pytest.raises(ValueError, match="thumbnail"):
+        _result(thumbnail=np.zeros((40, 60), np.uint8))
+    with pytest.raises(ConfigError, match="unknown profile"):
+        _result(profile="dermatology")
+
+
+def test_the_result_is_frozen_and_keeps_the_documented_dtypes() -> None:
+    cm = np.zeros((4, 6), np.int64)
+    cm[1, 2:5] = 22
+    cm[0] = -1
+    r = _result(cm, probs=np.zeros((4, 6, 30), np.float32))
+    assert r.classmap.dtype == np.int16 and r.probs.dtype == np.float16
+    with pytest.raises(ValueError):
+        r.classmap[0, 0] = 5  # read-only
+    cm[3, 3] = 1  # the caller's own array stays writable
+    assert r.cells.tolist() == np.argwhere(r.classmap >= 0).tolist() and len(r.cells) == 18
+    assert r.graded_mpp == SPEC.mpp and r.verdict() == verdict(r.classmap, "histology")
+    assert r.verdict("ai")["verdict"] == "rescan"  # 3 of 18 cells at class 22
+    assert r.regions is r.regions  # made once
+    assert r.regions == oof_regions(r.classmap, GRID, mpp=0.25, l0_dimensions=INFO.dimensions)
