@@ -2,7 +2,7 @@
 stack (``dense``), the normalisation folded into the graph, int8 quantisation, precisions.
 
 The dense pass is checked against each window graded alone with a random-weight network
-(always) and with the shipped trained model (skipped until it is shipped): padding inside
+(always) and with the shipped trained model: padding inside
 the SAME convolution (Conv2d_2b_3x3) sees the neighbouring window's pixels in the region
 but zeros in a window graded alone, so the two differ slightly along window edges."""
 
@@ -49,10 +49,7 @@ def random_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained_model() -> Path:
-    try:
-        return resolve_model_path(None)
-    except ModelError as exc:
-        pytest.skip(f"the trained default model is not shipped yet ({exc})")
+    return resolve_model_path(None)  # the shipped model: missing fails, never skips
 
 
 @pytest.fixture(scope="module")

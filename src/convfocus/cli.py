@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from convfocus.grading.scan import ScanOptions
+    from convfocus.api import ScanOptions
 
 from convfocus import __version__
 from convfocus.errors import ConvFocusError
@@ -127,7 +127,7 @@ def _add_scan(sub: argparse._SubParsersAction) -> None:
 
 
 def _scan_options(args: argparse.Namespace) -> ScanOptions:
-    from convfocus.grading.scan import ScanOptions
+    from convfocus.api import ScanOptions
 
     if not 0.0 <= args.min_tissue <= 1.0:
         from convfocus.errors import ConfigError
@@ -142,10 +142,11 @@ def _scan_options(args: argparse.Namespace) -> ScanOptions:
 
 
 def _run_scan(args: argparse.Namespace) -> int:
+    # each slide: convfocus.api.scan_path (open_slide, grade_slide, save_outputs) in a worker
     from pathlib import Path
 
+    from convfocus.api import load_grader
     from convfocus.grading.batch import expand_inputs, run_batch
-    from convfocus.grading.infer import load_grader
 
     opts = _scan_options(args)
     load_grader(opts.model, device=opts.device, backend=opts.backend,  # fail early on the model

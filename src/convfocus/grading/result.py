@@ -8,7 +8,7 @@ made; the functions that draw it or find its regions trust it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -102,9 +102,9 @@ class SlideResult:
     slide: SlideInfo
     spec: ModelSpec
     grid: GridGeometry
-    classmap: np.ndarray
-    probs: np.ndarray
-    thumbnail: np.ndarray
+    classmap: np.ndarray = field(repr=False)
+    probs: np.ndarray = field(repr=False)
+    thumbnail: np.ndarray = field(repr=False)
     th_downsample: float
     native: bool = False
     profile: str = "histology"

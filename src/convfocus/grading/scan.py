@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from convfocus import MODEL_MPP
 from convfocus.errors import ConvFocusError, NoTissueError, OutputError
 from convfocus.grading.outputs import OUTPUT_FILES, write_outputs
 from convfocus.grading.result import SlideInfo, SlideResult
@@ -119,6 +120,7 @@ def grade_slide(
     """Grade every tissue window of an open slide (:func:`convfocus.io.readers.open_slide`)
     with a grader (:func:`convfocus.grading.infer.load_grader`).
 
+    ``opts.mpp``, when given, is the slide's level-0 pixel size (else the reader's).
     ``progress(done, total)`` is called after each region. Raises
     :class:`~convfocus.errors.NoTissueError` when there is nothing to grade.
     """
@@ -133,7 +135,7 @@ def grade_slide(
     if (win, stride) != (spec.window_px, spec.stride_px):
         log.info("window %d / stride %d (model trained at %d / %d)", win, stride,
                  spec.window_px, spec.stride_px)
-    slide_mpp = float(reader.mpp)
+    slide_mpp = float(reader.mpp if opts.mpp is None else opts.mpp)
     scale = 1.0 if opts.native else slide_mpp / spec.mpp
     l0_win, l0_stride = win / scale, stride / scale
     w0, h0 = reader.dimensions
@@ -304,9 +306,11 @@ def _os_cause(exc: OSError) -> str:
 
 
 def _mpp_source(reader: Any, opts: ScanOptions) -> str:
-    if opts.mpp is not None:
+    meta = getattr(reader, "mpp_from_metadata", None)
+    # given: with --mpp (opts), or to open_slide (neither the metadata's nor the default)
+    if opts.mpp is not None or float(reader.mpp) not in (meta, MODEL_MPP):
         return "--mpp"
-    if getattr(reader, "mpp_from_metadata", None) is not None:
+    if meta is not None:
         return "metadata"
     return "assumed 0.25 µm/px (none in the file)"
 
