@@ -254,13 +254,16 @@ def test_one_failure_does_not_stop_the_batch(tmp_path: Path, good_slide: Path,
     from convfocus.grading.scan import is_complete
 
     assert is_complete(out / good_slide.stem)
-    assert stdout.strip() == str(out / good_slide.stem / "report.html")
+    verdict, summary = stdout.strip().splitlines()  # the good slide's verdict, the batch's
+    assert verdict.startswith(f"{good_slide.stem}: ")
+    assert verdict.endswith(str(out / good_slide.stem / "report.html"))
+    assert summary.startswith("2 slides in ") and "1 failed" in summary
     lines = err.strip().splitlines()
     assert "1 of 2 slides failed" in lines[-2]
     assert "broken.svs" in lines[-1] and "corrupt" in lines[-1]
     _assert_no_partial_output(out, "broken")
     index = (out / "index.csv").read_text()
-    assert "broken.svs" in index and good_slide.stem in index
+    assert "broken," in index and "broken.svs" in index and good_slide.stem in index
 
 
 def test_failures_are_listed_after_the_progress_lines(tmp_path: Path, good_slide: Path,

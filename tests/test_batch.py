@@ -4,19 +4,23 @@ cluster. Every way of running a batch must give byte-identical tiles.csv files."
 from __future__ import annotations
 
 import csv
+import io
+import json
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from convfocus.errors import ConfigError
-from convfocus.grading.batch import SlideJob, expand_inputs, run_batch
+from convfocus.grading.batch import Progress, SlideJob, expand_inputs, run_batch
 from convfocus.grading.scan import ScanOptions, is_complete
 from convfocus.io.atomic import is_temp_name
 from convfocus.io.images import write_pyramidal_tiff
@@ -71,7 +75,6 @@ def test_expand_csv_manifest_with_mpp(tmp_path: Path):
 
 
 @pytest.mark.parametrize("text, why", [
-    ("slide,mpp\na.svs,fast\n", "not a number"),
     ("file\na.svs\n", "'slide' or 'path' column"),
     ("slide,mpp\n", "no rows"),
 ])
@@ -80,6 +83,48 @@ def test_bad_manifest(tmp_path: Path, text: str, why: str):
     manifest.write_text(text)
     with pytest.raises(ConfigError, match=why):
         expand_inputs([manifest])
+
+
+def test_a_bad_manifest_row_fails_alone(tmp_path: Path):
+    """A bad mpp aborted the whole batch; an empty slide cell said 'no slides in this
+    folder'."""
+    a, b = _touch(tmp_path / "a.svs"), _touch(tmp_path / "b.svs")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("slide,mpp\na.svs,fast\n,0.5\nb.svs,0.5\n,\n")
+    jobs = expand_inputs([manifest])
+    assert [j.path for j in jobs] == [a.resolve(), manifest, b.resolve()]  # the empty row: gone
+    assert jobs[2] == SlideJob(b.resolve(), 0.5)
+    bad_mpp, empty = jobs[0].error, jobs[1].error
+    assert bad_mpp is not None and empty is not None
+    assert str(manifest) in bad_mpp and "line 2" in bad_mpp and "'fast' is not a number" in bad_mpp
+    assert str(manifest) in empty and "line 3" in empty and "cell is empty" in empty
+    assert "no slides" not in empty
+
+
+def test_duplicate_rows_are_scanned_once_and_said_in_one_line(tmp_path: Path, caplog):
+    """They vanished silently."""
+    a, b = _touch(tmp_path / "a.svs"), _touch(tmp_path / "b.svs")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("slide,mpp\na.svs,\nb.svs,\na.svs,\n")
+    with caplog.at_level(logging.WARNING, logger="convfocus"):
+        jobs = expand_inputs([manifest, a])
+    assert [j.path for j in jobs] == [a.resolve(), b.resolve()]
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1 and "\n" not in lines[0], lines
+    assert "a.svs" in lines[0] and "m.csv line 2" in lines[0] and "m.csv line 4" in lines[0]
+    assert "b.svs" not in lines[0]
+
+
+def test_a_bad_manifest_row_does_not_stop_the_batch(batch_dir: Path, opts: ScanOptions,
+                                                   tmp_path: Path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"slide,mpp\n{batch_dir / 'slide-a.tif'},\"0,25\"\n"
+                        f"{batch_dir / 'slide-b.tif'},\n")
+    results = run_batch(expand_inputs([manifest]), tmp_path / "out", opts, quiet=True)
+    assert [r.status for r in results] == ["failed", "done"]
+    assert "line 2" in (results[0].error or "") and "not a number" in (results[0].error or "")
+    rows = _index_rows(tmp_path / "out")
+    assert [(r["name"], r["status"]) for r in rows] == [("slide-a", "failed"), ("slide-b", "done")]
 
 
 # --- a small batch -----------------------------------------------------------------------------
@@ -151,8 +196,48 @@ def test_index_lists_failed_slides_too(batch_dir: Path, opts: ScanOptions, tmp_p
     results = run_batch([SlideJob(broken)], tmp_path / "out", opts, quiet=True)
     assert [r.status for r in results] == ["failed"]
     (row,) = _index_rows(tmp_path / "out")
-    assert row["name"] == "broken.svs" and row["verdict"] == "error" and row["status"] == "failed"
-    assert "broken.svs" in row["error"]
+    assert row["name"] == "broken" and row["verdict"] == "error" and row["status"] == "failed"
+    assert row["input"] == str(broken) and "broken.svs" in row["error"]
+
+
+def test_index_columns_and_names_do_not_depend_on_which_row_failed(
+        batch_dir: Path, opts: ScanOptions, tmp_path: Path):
+    """The columns came in another order when the first row failed, and a failed row kept
+    its file's extension in the name column while the others had the stem."""
+    broken = tmp_path / "broken.svs"
+    broken.write_bytes(b"not a slide")
+    good = batch_dir / "slide-a.tif"
+    headers = []
+    for k, jobs in enumerate(([SlideJob(broken), SlideJob(good)],
+                              [SlideJob(good), SlideJob(broken)])):
+        out = tmp_path / f"out{k}"
+        run_batch(jobs, out, opts, quiet=True)
+        headers.append((out / "index.csv").read_text().splitlines()[0])
+        rows = {r["name"]: r for r in _index_rows(out)}
+        assert set(rows) == {"broken", "slide-a"}
+        assert rows["broken"]["input"] == str(broken) and rows["slide-a"]["input"] == str(good)
+    assert headers[0] == headers[1]
+    assert headers[0].startswith("name,input,status,verdict,") and headers[0].endswith(",error")
+
+
+def test_a_second_batch_merges_into_the_index(reference: Path, batch_dir: Path,
+                                              opts: ScanOptions, tmp_path: Path):
+    """A second batch into the same folder dropped the first batch's rows."""
+    out = tmp_path / "out"
+    run_batch([SlideJob(batch_dir / "slide-a.tif"), SlideJob(batch_dir / "slide-b.tif")], out,
+              opts, quiet=True)
+    first = _index_rows(out)
+    missing = tmp_path / "slide-z.svs"
+    run_batch([SlideJob(batch_dir / "slide-c.tif"), SlideJob(missing),
+               SlideJob(batch_dir / "slide-a.tif")], out, opts, resume=True, quiet=True)
+    rows = _index_rows(out)
+    assert [r["name"] for r in rows] == ["slide-a", "slide-b", "slide-c", "slide-z"]
+    assert [r["status"] for r in rows] == ["skipped", "done", "done", "failed"]
+    assert rows[1] == first[1]  # slide-b: as the first batch wrote it
+    assert rows[0]["verdict"] == first[0]["verdict"] and rows[0]["report"] == "slide-a/report.html"
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert all(s in html for s in ("slide-a", "slide-b", "slide-c", "slide-z"))
+    assert html.count("%</td>") >= 3  # the OOF share of the first batch's rows is a number
 
 
 def test_resume_skips_complete_and_redoes_incomplete(reference: Path, batch_dir: Path,
@@ -171,6 +256,65 @@ def test_resume_skips_complete_and_redoes_incomplete(reference: Path, batch_dir:
     _assert_same_tiles(out, reference)
     assert _leftovers(out) == []
     assert [r["status"] for r in _index_rows(out)] == ["skipped", "done", "skipped"]
+
+
+@pytest.mark.timeout(240)
+def test_resume_rescans_a_slide_made_with_other_settings(
+        reference: Path, batch_dir: Path, opts: ScanOptions, fixture_model: Path, tmp_path: Path):
+    """--resume with another --profile, --mpp or model kept the old outputs silently."""
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    jobs = expand_inputs([batch_dir])
+
+    def resume(o: ScanOptions, js: list[SlideJob] = jobs) -> tuple[list[str], list[str]]:
+        err = io.StringIO()
+        results = run_batch(js, out, o, resume=True,
+                            progress=Progress(len(js), stream=err, out=io.StringIO()))
+        notes = [ln for ln in err.getvalue().splitlines() if "rescanning" in ln]
+        return [r.status for r in results], notes
+
+    summary = json.loads((out / "slide-a" / "summary.json").read_text())
+    settings = summary["settings"]
+    assert settings["profile"] == "histology" and settings["mpp"] == 0.25
+    assert settings["mpp_source"] == "metadata" and len(settings["model"]["sha256"]) == 64
+    assert {"native", "window_px", "stride_px", "min_tissue", "precision", "dense"} <= set(settings)
+    assert resume(opts) == (["skipped"] * 3, [])
+
+    cytology = replace(opts, profile="cytology")
+    status, notes = resume(cytology)
+    assert status == ["done"] * 3
+    assert notes == [f"{s}: rescanning, profile histology -> cytology" for s in STEMS]
+    assert json.loads((out / "slide-b" / "summary.json").read_text())["settings"][
+        "profile"] == "cytology"
+    assert resume(cytology) == (["skipped"] * 3, [])
+
+    one = [SlideJob(batch_dir / "slide-a.tif", mpp=0.3)]
+    status, notes = resume(cytology, one)
+    assert status == ["done"] and notes == [
+        "slide-a: rescanning, mpp 0.25 (metadata) -> 0.3 (--mpp)"]
+    one = [SlideJob(batch_dir / "slide-a.tif")]
+    assert resume(cytology, one) == (["done"], [
+        "slide-a: rescanning, mpp 0.3 (--mpp) -> the file's own"])
+
+    model = tmp_path / "model" / "m"
+    shutil.copytree(fixture_model.parent, model.parent)
+    spec = json.loads(model.with_suffix(".json").read_text())
+    assert resume(replace(cytology, model=str(model)), one) == (["skipped"], [])  # same files
+    spec["version"] = "1"
+    model.with_suffix(".json").write_text(json.dumps(spec))
+    assert resume(replace(cytology, model=str(model)), one) == (["done"], [
+        "slide-a: rescanning, model fixture 0 -> fixture 1"])
+    spec["metrics"] = {"note": "retrained"}  # the same name and version, other files
+    model.with_suffix(".json").write_text(json.dumps(spec))
+    assert resume(replace(cytology, model=str(model)), one) == (["done"], [
+        "slide-a: rescanning, model fixture 1: its files changed"])
+
+    summary = json.loads((out / "slide-c" / "summary.json").read_text())
+    del summary["settings"]  # a scan made before settings were recorded
+    (out / "slide-c" / "summary.json").write_text(json.dumps(summary))
+    one = [SlideJob(batch_dir / "slide-c.tif")]
+    assert resume(cytology, one) == (["done"], [
+        "slide-c: rescanning, no settings recorded (an older scan)"])
 
 
 @pytest.mark.timeout(240)
@@ -261,3 +405,73 @@ def test_dask_scheduler_gives_the_same_tiles(reference: Path, batch_dir: Path, o
     _assert_same_tiles(out, reference, STEMS[:2])
     assert [r["name"] for r in _index_rows(out)] == STEMS[:2]
 
+
+
+# --- what the terminal shows -------------------------------------------------------------------
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_one_slide_shows_its_progress_on_a_terminal(batch_dir: Path, opts: ScanOptions,
+                                                    tmp_path: Path):
+    """A single slide ran in silence."""
+    err, out = _Terminal(), io.StringIO()
+    progress = Progress(1, stream=err, out=out)
+    results = run_batch([SlideJob(batch_dir / "slide-c.tif")], tmp_path / "out", opts,
+                        progress=progress)
+    assert [r.status for r in results] == ["done"]
+    shown = err.getvalue()
+    frames = [f.strip() for f in shown.split("\r") if f.strip()]
+    assert frames and all("slide-c" in f and "ETA" in f for f in frames), frames
+    assert "opening" in frames[0] and "writing outputs" in frames[-1]
+    assert shown.endswith("\r") and not shown.split("\r")[-2].strip()  # the line is cleared
+    (line,) = out.getvalue().splitlines()
+    assert line.startswith("slide-c: ") and line.endswith(str(tmp_path / "out" / "slide-c" /
+                                                                "report.html"))
+
+
+def test_progress_counts_regions_and_slides():
+    err = _Terminal()
+    progress = Progress(3, stream=err, out=io.StringIO())
+    progress.start(0, "slide-a")
+    time.sleep(0.15)
+    progress.step(0, 5, 20)
+    progress.close()
+    frames = [f.strip() for f in err.getvalue().split("\r") if f.strip()]
+    assert frames[-1].startswith("[#-") and " 0/3 " in frames[-1]  # a quarter of a third
+    assert frames[-1].endswith("slide-a 25 %") and "ETA" in frames[-1]
+
+
+def test_each_slide_prints_its_verdict_and_the_batch_a_summary(batch_dir: Path,
+                                                               fixture_model: Path,
+                                                               tmp_path: Path, capsys):
+    """No verdict was printed, only the report's path at the very end."""
+    from convfocus.cli import main
+
+    out = tmp_path / "out"
+    args = ["scan", str(batch_dir / "slide-a.tif"), "--out", str(out), "--model",
+            str(fixture_model)]
+    capsys.readouterr()
+    assert main(args) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    summary = json.loads((out / "slide-a" / "summary.json").read_text())
+    verdict = summary["verdict"]["verdict"]
+    assert line.startswith(f"slide-a: {verdict.upper()} (histology): ")
+    assert f"{100 * summary['oof_share']:.1f} % of {summary['tissue_area_mm2']:.2f} mm² tissue" \
+        in line
+    assert f"mean class {summary['mean_class']:.1f}" in line
+    assert line.endswith(f"-> {out / 'slide-a' / 'report.html'}")
+
+    assert main([*args[:2], str(batch_dir / "slide-b.tif"), *args[2:], "--resume"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    assert lines[0].startswith("slide-a: ") and "kept from an earlier scan" in lines[0]
+    assert lines[1].startswith("slide-b: ")
+    assert lines[2].startswith("2 slides in ") and lines[2].endswith(f"-> {out / 'index.html'}")
+    assert "kept from an earlier scan" in lines[2]
+
+    assert main([*args, "--resume", "-q"]) == 0
+    assert capsys.readouterr() == ("", "")

@@ -2,8 +2,9 @@
 
 Each subcommand has a ``_add_<name>(sub)`` function that declares its arguments
 and sets ``func`` to a ``_run_<name>(args) -> int`` function. Expected failures
-(:class:`~convfocus.errors.ConvFocusError`) become one line on stderr and a
-non-zero exit code; nothing else is caught here.
+(:class:`~convfocus.errors.ConvFocusError`, and an :class:`OSError` that names its
+file) become one line on stderr and a non-zero exit code; SIGINT and SIGTERM one line
+and 130 / 143; nothing else is caught here.
 """
 
 from __future__ import annotations
@@ -152,14 +153,10 @@ def _run_scan(args: argparse.Namespace) -> int:
     load_grader(opts.model, device=opts.device, backend=opts.backend,  # fail early on the model
                 precision=opts.precision)
     jobs = expand_inputs(args.inputs)
-    # a progress bar over one slide says nothing that the result line does not
+    # progress on stderr (a terminal), each slide's verdict line and the batch's on stdout
     results = run_batch(jobs, Path(args.out), opts, workers=args.workers,
-                        scheduler=args.scheduler, resume=args.resume,
-                        quiet=args.quiet or len(jobs) <= 1)
+                        scheduler=args.scheduler, resume=args.resume, quiet=args.quiet)
     failed = [r for r in results if r.status == "failed"]
-    for r in results:
-        if r.status != "failed" and not args.quiet:
-            print(r.out / "report.html" if r.out else r.path)
     if failed:
         if len(results) > 1:
             print(f"convfocus: {len(failed)} of {len(results)} slides failed:", file=sys.stderr)
@@ -711,14 +708,59 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the slide reader turns a damaged TIFF into one clear error of its own; tifffile's
         # messages about the same file (several ERROR lines) are only noise then
         logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+    restore = _stop_on_signals()
     try:
         return int(args.func(args) or 0)
     except ConvFocusError as exc:
         print(f"convfocus: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("convfocus: interrupted", file=sys.stderr)
-        return 130
+    except OSError as exc:  # a file the library did not expect to fail (it names it)
+        if args.verbose or not exc.filename:
+            raise
+        print(f"convfocus: error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:
+        import signal
+
+        signum = getattr(exc, "signum", signal.SIGINT)
+        what = getattr(exc, "message", "")
+        print(f"convfocus: interrupted ({signal.Signals(signum).name})"
+              + (f": {what}" if what else ""), file=sys.stderr)
+        return 128 + signum
+    finally:
+        restore()
+
+
+def _stop_on_signals() -> Callable[[], None]:
+    """Make SIGINT (Ctrl-C) and SIGTERM raise :class:`~convfocus.errors.Interrupted` in
+    the main thread, once: a second signal while the first is cleaned up is ignored.
+    Signals that were ignored when convfocus started stay ignored. Returns a function that
+    puts the old handlers back."""
+    import signal
+    import threading
+
+    from convfocus.errors import Interrupted
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    stopping: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if stopping:
+            return
+        stopping.append(signum)
+        raise Interrupted(signum)
+
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            old[sig] = signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+    return restore
 
 
 if __name__ == "__main__":

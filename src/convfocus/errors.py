@@ -46,6 +46,19 @@ class ConfigError(ConvFocusError):
     """An invalid setting (argument out of range, unknown preset or profile)."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """The run was stopped by a signal: SIGINT (Ctrl-C) or SIGTERM.
+
+    A :class:`KeyboardInterrupt`, so every cleanup that one triggers runs for both;
+    ``signum`` is the signal, ``message`` what was kept (filled in by the batch).
+    """
+
+    def __init__(self, signum: int = 2, message: str = "") -> None:
+        self.signum = int(signum)
+        self.message = message
+        super().__init__(message)
+
+
 def cause(exc: BaseException) -> str:
     """A library's exception as the short cause in an error line: its type and first line."""
     text = str(exc).strip().splitlines()

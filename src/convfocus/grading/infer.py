@@ -84,6 +84,9 @@ def _softmax(z: np.ndarray, axis: int) -> np.ndarray:
 class Grader:
     """A loaded model. ``predict_region`` is the fast path; ``predict_windows`` the reference."""
 
+    #: SHA-256 of the model's files (:func:`~convfocus.grading.modelfile.model_sha256`)
+    model_sha256: str | None = None
+
     def __init__(  # type: ignore[no-untyped-def]
         self, spec: ModelSpec, run, backend: str, device: str, *, prepare=None,
         prepare_windows=None, run_windows=None, precision: str = "fp32", dense: bool = False,
@@ -200,7 +203,7 @@ def load_grader(
     in half precision on CUDA. ``dense``: grade regions with one pass of the conv stack
     instead of cutting out their windows (faster, not exact; see the module docstring).
     """
-    from convfocus.grading.modelfile import load_spec, resolve_model_path
+    from convfocus.grading.modelfile import load_spec, model_sha256, resolve_model_path
 
     if device not in DEVICES:
         raise ConfigError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
@@ -223,9 +226,12 @@ def load_grader(
     base = resolve_model_path(model)
     spec = load_spec(base)
     if precision == "int8":
-        return _int8_grader(base, spec, threads, dense)
-    return _onnx_grader(base.with_suffix(".onnx"), spec, device, threads, dense,
-                        fp16=precision == "fp16", fallback=auto)
+        grader = _int8_grader(base, spec, threads, dense)
+    else:
+        grader = _onnx_grader(base.with_suffix(".onnx"), spec, device, threads, dense,
+                              fp16=precision == "fp16", fallback=auto)
+    grader.model_sha256 = model_sha256(base)
+    return grader
 
 
 def _session(graph: bytes | str, path: Path, device: str, threads: int | None) -> Any:

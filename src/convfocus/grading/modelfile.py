@@ -13,6 +13,7 @@ being folded into the first convolution (:func:`fold_normalisation`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from importlib import resources
@@ -59,6 +60,25 @@ def load_spec(base: Path) -> ModelSpec:
         return ModelSpec.from_dict(json.loads(base.with_suffix(".json").read_text()))
     except (OSError, ValueError, TypeError) as exc:
         raise ModelError(f"unreadable model spec: {exc}", base.with_suffix(".json")) from None
+
+
+def model_sha256(base: Path) -> str:
+    """SHA-256 over a model's spec and graph (``NAME.json``, then ``NAME.onnx`` where it
+    exists): summary.json records it, so that a resumed batch knows when the model's
+    files changed under the same name and version."""
+    h = hashlib.sha256()
+    for suffix in (".json", ".onnx"):
+        f = base.with_suffix(suffix)
+        try:
+            data = f.read_bytes()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ModelError(f"cannot read the model: {exc.strerror or exc}", f) from None
+        h.update(suffix.encode("ascii"))
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()
 
 
 # --- graph rewrites: normalisation folded into the first conv, fp16, int8 -----------------------

@@ -128,6 +128,7 @@ def build_summary(
             "blur": spec.blur,
         },
         "grid": g.to_dict(),
+        "settings": dict(result.settings),
         "windows_graded": n,
         "tissue_area_mm2": round(tissue_area_mm2, 4),
         "tissue_area_note": TISSUE_AREA_NOTE,

@@ -8,6 +8,7 @@ made; the functions that draw it or find its regions trust it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -90,6 +91,10 @@ class SlideResult:
         Clinical-use profile of the main verdict (:data:`~convfocus.grading.regions.PROFILES`).
     seconds
         Time spent grading.
+    settings
+        The settings that change the outputs (model and its files' hash, pixel size and
+        its source, profile, window, ...: :func:`convfocus.grading.scan.scan_settings`),
+        recorded in summary.json so that a resumed batch can tell them apart.
 
     Raises
     ------
@@ -109,6 +114,7 @@ class SlideResult:
     native: bool = False
     profile: str = "histology"
     seconds: float = 0.0
+    settings: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_classmap(self.classmap, num_classes=self.spec.num_classes)

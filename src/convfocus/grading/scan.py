@@ -196,8 +196,71 @@ def grade_slide(
         # absolute, so the viewer finds the slide from any working directory
         path=os.path.abspath(reader.path), dimensions=(int(w0), int(h0)), mpp=slide_mpp,
         mpp_source=_mpp_source(reader, opts), format=getattr(reader, "format", None))
+    settings = {**scan_settings(opts, spec, getattr(grader, "model_sha256", None)),
+                "mpp": slide_mpp, "mpp_source": info.mpp_source}
     return SlideResult(info, spec, grid, classmap, probs, thumb, th_ds, native=opts.native,
-                       profile=opts.profile, seconds=time.perf_counter() - t0)
+                       profile=opts.profile, seconds=time.perf_counter() - t0,
+                       settings=settings)
+
+
+def scan_settings(opts: ScanOptions, spec: Any, model_sha256: str | None) -> dict[str, Any]:
+    """The settings that change a slide's outputs, as summary.json records them under
+    ``settings``: the model (name, version, SHA-256 of its files), native, profile,
+    window and stride (model px), min-tissue, precision, dense, region block and
+    thumbnail size. :func:`grade_slide` adds the slide's pixel size (``mpp``) and where it
+    came from (``mpp_source``).
+    """
+    return {
+        "model": {"name": spec.name, "version": spec.version, "sha256": model_sha256},
+        "native": bool(opts.native),
+        "profile": opts.profile,
+        "window_px": int(opts.window_px or spec.window_px),
+        "stride_px": int(opts.stride_px or spec.stride_px),
+        "min_tissue": float(opts.min_tissue),
+        "precision": opts.precision,
+        "dense": bool(opts.dense),
+        "block": int(opts.block),
+        "thumbnail_px": int(opts.thumbnail_px),
+    }
+
+
+def settings_changes(
+    recorded: Any, expected: dict[str, Any], mpp: float | None
+) -> list[str]:
+    """How the settings a slide was scanned with (summary.json's ``settings``) differ from
+    those of a new scan (:func:`scan_settings`; ``mpp``: the pixel size given for the
+    slide, None for the file's own), e.g. ``["profile histology -> cytology"]``; empty
+    when they match.
+    """
+    if not isinstance(recorded, dict) or not recorded:
+        return ["no settings recorded (an older scan)"]
+    out = []
+    for key, new in expected.items():
+        old = recorded.get(key)
+        if key == "model":
+            if not isinstance(old, dict):
+                out.append("no model recorded")
+            elif (old.get("name"), old.get("version")) != (new["name"], new["version"]):
+                out.append(f"model {old.get('name')} {old.get('version')} -> "
+                           f"{new['name']} {new['version']}")
+            elif old.get("sha256") != new["sha256"]:
+                out.append(f"model {new['name']} {new['version']}: its files changed")
+        elif isinstance(new, float) and isinstance(old, (int, float)) and not isinstance(
+                old, bool):
+            if not math.isclose(old, new, rel_tol=1e-9):
+                out.append(f"{key.replace('_', '-')} {old:g} -> {new:g}")
+        elif old != new:
+            out.append(f"{key.replace('_', '-')} {old} -> {new}")
+    # the pixel size: a given one must be the one recorded; none given, the file's (as before)
+    old_mpp, old_src = recorded.get("mpp"), recorded.get("mpp_source")
+    old_text = f"{old_mpp:g} ({old_src})" if isinstance(old_mpp, (int, float)) else "unknown"
+    if mpp is not None:
+        if old_src != "--mpp" or not isinstance(old_mpp, (int, float)) or not math.isclose(
+                old_mpp, mpp, rel_tol=1e-9):
+            out.append(f"mpp {old_text} -> {mpp:g} (--mpp)")
+    elif old_src == "--mpp" or old_src is None:
+        out.append(f"mpp {old_text} -> the file's own")
+    return out
 
 
 def _grade_region(grader: Any, region: Any, win: int, stride: int, nr: int, nc: int):
@@ -323,4 +386,6 @@ __all__ = [
     "output_dir",
     "save_outputs",
     "scan_path",
+    "scan_settings",
+    "settings_changes",
 ]
