@@ -106,8 +106,19 @@ def _no_pixel_size(tmp: Path, tissue: np.ndarray) -> tuple[Path, tuple[str, ...]
     return p, ("no pixel size", "--mpp")
 
 
+def _cut_svs(tmp: Path, tissue: np.ndarray) -> tuple[Path, tuple[str, ...]]:
+    """An Aperio SVS copied only in part (its first 55 %)."""
+    whole = write_pyramidal_tiff(tmp / "whole.svs", np.ascontiguousarray(tissue[:1024, :1024]),
+                                 mpp=0.25, aperio=True)
+    p = tmp / "cut.svs"
+    data = whole.read_bytes()
+    p.write_bytes(data[: int(len(data) * 0.55)])
+    whole.unlink()
+    return p, ("truncated file",)
+
+
 CASES = ["missing", "empty-folder", "text-file", "random-bytes-svs", "all-white", "tiny",
-         "no-pixel-size"]
+         "no-pixel-size", "cut-svs"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -118,6 +129,7 @@ def test_bad_input_gives_one_clear_line(case: str, tmp_path: Path, tissue_rgb: n
         "random-bytes-svs": _random_svs, "all-white": _white_slide,
         "tiny": lambda t: _tiny_slide(t, tissue_rgb),
         "no-pixel-size": lambda t: _no_pixel_size(t, tissue_rgb),
+        "cut-svs": lambda t: _cut_svs(t, tissue_rgb),
     }[case]
     path, causes = make(tmp_path)
     out = tmp_path / "out"
@@ -297,3 +309,54 @@ def test_console_script_bad_input(tmp_path: Path, fixture_model: Path):
     _assert_one_clear_line(proc.returncode, proc.stderr, "corrupt.svs", "corrupt")
     assert proc.stdout == ""
     _assert_no_partial_output(out, "corrupt")
+
+
+# --- a bad model spec ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, cause", [
+    ('{"window_px": 139}', "lacks 'name', 'version', 'arch'"),
+    ('{"name": "m", "version": "1"}', "lacks 'arch'"),
+    ("{not json", "not valid JSON (line 1, column 2"),
+    ("[1, 2]", "must be a JSON object"),
+    ('{"name": "m", "version": "1", "arch": "lite", "window_px": "big"}',
+     "'window_px' must be a positive integer"),
+    ('{"name": "m", "version": "1", "arch": "lite", "mean": [0.5]}',
+     "'mean' must be a list of three numbers"),
+    ('{"name": "m", "version": "1", "arch": "lite", "mpp": -1}', "'mpp' must be a positive"),
+], ids=["fields-missing", "arch-missing", "not-json", "a-list", "window-text", "mean-short",
+        "mpp-negative"])
+def test_bad_model_spec_gives_one_clear_line(text: str, cause: str, tmp_path: Path,
+                                             good_slide: Path, capsys):
+    """A spec without its required fields said "ModelSpec.__init__() missing 3 required
+    positional arguments"."""
+    model = tmp_path / "bad"
+    model.with_suffix(".json").write_text(text)
+    out = tmp_path / "out"
+    rc, stdout, err = _scan(capsys, model, out, good_slide)
+    line = _assert_one_clear_line(rc, err, "bad.json", cause)
+    assert "__init__" not in line and "Error" not in line.split(": error: ", 1)[1]
+    assert stdout == ""
+    _assert_no_partial_output(out, good_slide.stem)
+
+
+# --- training commands: an output path under a regular file --------------------------------------
+
+
+@pytest.mark.parametrize("command", ["patches", "train"])
+def test_output_under_a_regular_file_gives_one_clear_line(command: str, tmp_path: Path,
+                                                          tissue_rgb: np.ndarray, capsys):
+    """`convfocus train` and `convfocus patches` printed a traceback (NotADirectoryError)."""
+    from convfocus.io.images import write_png
+
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file, not a folder\n")
+    out = blocker / "run"
+    source = write_png(tmp_path / "tissue.png", np.ascontiguousarray(tissue_rgb[:600, :600]))
+    argv = {"patches": ["patches", str(source), "--out", str(out)],
+            "train": ["train", "--pool", str(tmp_path), "--out", str(out), "--steps", "1"]}
+    capsys.readouterr()
+    rc = main(argv[command])
+    err = capsys.readouterr().err
+    line = _assert_one_clear_line(rc, err, str(out), "is a file, not a folder")
+    assert str(blocker) in line and "Error" not in line.split(": error: ", 1)[1]

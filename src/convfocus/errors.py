@@ -60,6 +60,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 def cause(exc: BaseException) -> str:
-    """A library's exception as the short cause in an error line: its type and first line."""
+    """A library's exception as the short cause in an error line: the first line of its
+    message, never a Python exception name (error lines are for people reading them)."""
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return text[0] if text else "no detail given"

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +161,43 @@ def test_truncated_tiff(tmp_path: Path, pyramid_tiff: Path) -> None:
     path.write_bytes(pyramid_tiff.read_bytes()[:5000])
     with pytest.raises(SlideReadError, match="truncated"):
         open_slide(path)
+
+
+#: What an error line for people must not show: Python's exception names and internals.
+_PYTHON_TALK = re.compile(r"\b\w*(Error|Exception)\b|Traceback|list index")
+
+
+@pytest.mark.parametrize("frac", [0.0003, 0.01, 0.2, 0.5, 0.8, 0.99])
+@pytest.mark.parametrize("layout", ["subifd", "aperio"])
+def test_a_slide_cut_short_says_truncated(
+    tmp_path: Path, pyramid_tiff: Path, aperio_tiff: Path, layout: str, frac: float
+) -> None:
+    """A cut Aperio file opened without its lower levels, or failed with "(IndexError: list
+    index out of range)"."""
+    src = pyramid_tiff if layout == "subifd" else aperio_tiff
+    data = src.read_bytes()
+    path = tmp_path / f"cut{src.suffix}"
+    path.write_bytes(data[: max(16, int(len(data) * frac))])
+    with pytest.raises(SlideReadError) as err:
+        open_slide(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: truncated file: it ends at byte "), msg
+    assert "\n" not in msg and not _PYTHON_TALK.search(msg), msg
+
+
+@pytest.mark.parametrize("length", [200, 5_000, 1_000_000, 1_500_000, 1_938_000])
+def test_cmu_cut_short_says_truncated(shared_data: Path, tmp_path: Path, length: int) -> None:
+    """Cut before its first image directory it said "(IndexError: list index out of range)";
+    cut in its associated images it opened as if whole."""
+    data = (shared_data / "slides" / "cmu-1-small-region.svs").read_bytes()
+    assert length < len(data)
+    path = tmp_path / "cmu-cut.svs"
+    path.write_bytes(data[:length])
+    with pytest.raises(SlideReadError) as err:
+        open_slide(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: truncated file: it ends at byte {length:,}"), msg
+    assert not _PYTHON_TALK.search(msg), msg
 
 
 def test_empty_file(tmp_path: Path) -> None:
@@ -407,3 +448,50 @@ def test_write_pyramid_levels_argument(tmp_path: Path, tissue_rgb: np.ndarray) -
         assert s.level_dimensions == ((2048, 1536), (1024, 768)) and s.mpp == pytest.approx(0.5)
     with pytest.raises(ValueError):
         write_pyramidal_tiff(tmp_path / "bad.tif", tissue_rgb, mpp=0.5, tile=100)
+
+
+class _OneReaderAtATime:
+    """Stands in for wsidicom's WsiDicom (512 x 384 px, one level) and counts the reads
+    that overlapped: wsidicom's file handles are not safe to share between threads."""
+
+    def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        self.pyramid = SimpleNamespace(levels=[
+            SimpleNamespace(level=0, size=SimpleNamespace(width=512, height=384))])
+        self.mpp = SimpleNamespace(width=0.25)
+        self.calls = self.inside = self.overlaps = 0
+        self._count = threading.Lock()
+
+    def read_region(self, xy: tuple[int, int], level: int, size: tuple[int, int],
+                    as_array: bool = False) -> np.ndarray:
+        with self._count:
+            self.calls += 1
+            self.inside += 1
+            self.overlaps += self.inside > 1
+        time.sleep(0.005)
+        with self._count:
+            self.inside -= 1
+        return np.full((size[1], size[0], 3), 200, np.uint8)
+
+    def close(self) -> None:
+        pass
+
+
+def test_dicom_reader_reads_one_region_at_a_time(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scan's reading threads called wsidicom from two threads at once, unguarded."""
+    import wsidicom
+
+    fake = _OneReaderAtATime()
+    monkeypatch.setattr(wsidicom.WsiDicom, "open", staticmethod(lambda path: fake))
+    folder = tmp_path / "case-7"
+    folder.mkdir()
+    (folder / "level-0.dcm").write_bytes(b"")
+    reader = open_slide(folder)
+    assert reader.format == "dicom" and reader.dimensions == (512, 384) and reader.mpp == 0.25
+    with ThreadPoolExecutor(4) as pool:
+        tiles = list(pool.map(lambda k: reader.read_region((8 * k, 4 * k), 0, (64, 48)),
+                              range(40)))
+    assert all(t.shape == (48, 64, 3) for t in tiles)
+    assert fake.calls == 40 and fake.overlaps == 0

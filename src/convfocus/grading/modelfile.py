@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -55,11 +56,71 @@ def resolve_model_path(model: str | Path | None) -> Path:
     raise ModelError("model not found (no spec .json beside it)", model)
 
 
+#: Fields a model spec must have.
+SPEC_REQUIRED = ("name", "version", "arch")
+
+
 def load_spec(base: Path) -> ModelSpec:
+    """The :class:`~convfocus.types.ModelSpec` in ``NAME.json``.
+
+    Raises :class:`~convfocus.errors.ModelError` naming the file and what is wrong with
+    it: unreadable, not JSON, not an object, a required field missing, a field of the
+    wrong kind.
+    """
+    path = base.with_suffix(".json")
     try:
-        return ModelSpec.from_dict(json.loads(base.with_suffix(".json").read_text()))
-    except (OSError, ValueError, TypeError) as exc:
-        raise ModelError(f"unreadable model spec: {exc}", base.with_suffix(".json")) from None
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ModelError(f"cannot read the model spec: {exc.strerror or exc}", path) from None
+    except UnicodeDecodeError:
+        raise ModelError("the model spec is not UTF-8 text", path) from None
+    try:
+        d = json.loads(text)
+    except ValueError as exc:
+        where = (f" (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+                 if isinstance(exc, json.JSONDecodeError) else "")
+        raise ModelError(f"the model spec is not valid JSON{where}", path) from None
+    if not isinstance(d, dict):
+        raise ModelError("the model spec must be a JSON object", path)
+    missing = [k for k in SPEC_REQUIRED if k not in d]
+    if missing:
+        names = ", ".join(repr(k) for k in missing)
+        raise ModelError(f"the model spec lacks {names} (it needs {', '.join(SPEC_REQUIRED)})",
+                         path)
+    problem = _spec_problem(d)
+    if problem is not None:
+        raise ModelError(f"the model spec's {problem}", path)
+    return ModelSpec.from_dict(d)
+
+
+def _spec_problem(d: dict[str, Any]) -> str | None:
+    """What is wrong with the fields of a spec dictionary, or None."""
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    for key in ("name", "version", "arch"):
+        if not isinstance(d[key], (str, int)) or isinstance(d[key], bool) or d[key] == "":
+            return f"{key!r} must be a non-empty text, got {d[key]!r}"
+    for key in ("num_classes", "window_px", "stride_px"):
+        v = d.get(key, 1)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            return f"{key!r} must be a positive integer, got {v!r}"
+    if "mpp" in d and not (number(d["mpp"]) and d["mpp"] > 0):
+        return f"'mpp' must be a positive number (µm/px), got {d['mpp']!r}"
+    for key in ("mean", "std"):
+        v = d.get(key, [1.0, 1.0, 1.0])
+        if not (isinstance(v, list) and len(v) == 3 and all(number(x) for x in v)):
+            return f"{key!r} must be a list of three numbers (R, G, B), got {v!r}"
+        if key == "std" and not all(x > 0 for x in v):
+            return f"'std' must be positive, got {v!r}"
+    for key in ("blur", "spacing"):
+        if key in d and not isinstance(d[key], str):
+            return f"{key!r} must be a text, got {d[key]!r}"
+    for key in ("training", "metrics"):
+        if key in d and not isinstance(d[key], dict):
+            return f"{key!r} must be a JSON object, got {d[key]!r}"
+    return None
 
 
 def model_sha256(base: Path) -> str:

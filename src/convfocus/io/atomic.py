@@ -33,6 +33,7 @@ from convfocus.errors import OutputError
 __all__ = [
     "atomic_folder",
     "is_temp_name",
+    "make_folder",
     "publish_folder",
     "remove_stale",
     "temp_path",
@@ -79,11 +80,29 @@ def _discard(path: Path) -> None:
             path.unlink()
 
 
-def _make_parent(path: Path) -> None:
+def make_folder(path: str | os.PathLike[str]) -> Path:
+    """Create the folder ``path`` and its parents (nothing when it exists); returns it.
+
+    Raises
+    ------
+    OutputError
+        The folder cannot be made, naming it and the cause (a parent that is a file, no
+        permission, a full disk, ...).
+    """
+    path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create folder: {_cause(exc)}", path.parent) from exc
+        path.mkdir(parents=True, exist_ok=True)
+    except (OSError, ValueError) as exc:
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()),
+                       None)
+        why = (f"{blocker} is a file, not a folder" if blocker is not None
+               else _cause(exc) if isinstance(exc, OSError) else str(exc))
+        raise OutputError(f"cannot create folder: {why}", path) from None
+    return path
+
+
+def _make_parent(path: Path) -> None:
+    make_folder(path.parent)
 
 
 def write_atomic(

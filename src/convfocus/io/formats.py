@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import struct
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from pathlib import Path
@@ -124,6 +125,92 @@ def sniff(head: bytes) -> str:
     if head[:2] == b"BM" or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
         return "image"
     return "other"
+
+
+#: Bytes per value of each TIFF field type (BYTE, ASCII, SHORT, LONG, RATIONAL, ..., IFD8).
+_TIFF_TYPE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8,
+                    13: 4, 16: 8, 17: 8, 18: 8}
+#: Tags whose values a slide reader needs.
+_TIFF_NEEDED_TAGS = {270: "image description", 273: "strip offsets", 279: "strip byte counts",
+                     324: "tile offsets", 325: "tile byte counts", 330: "SubIFD list",
+                     347: "JPEG tables"}
+_SUBIFDS = 330
+
+
+def tiff_truncation(path: Path, *, max_ifds: int = 100_000) -> str | None:
+    """Why a TIFF file is cut short, or None when it is whole as far as its structure goes.
+
+    Walks the image directories (IFDs, SubIFDs included): each directory, the values of
+    the tags a reader needs and the next directory must lie inside the file. A file
+    copied or downloaded only in part then says so, in place of whatever a TIFF library
+    makes of the missing bytes. Classic TIFF and BigTIFF, either byte order. Raises
+    OSError when the file cannot be read.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+        order = {b"II": "<", b"MM": ">"}.get(head[:2])
+        if order is None or len(head) < 4:
+            return None
+        version = struct.unpack(order + "H", head[2:4])[0]
+        if version == 42:
+            n_fmt, n_len, entry_len, off_fmt, off_len, first_at = "H", 2, 12, "I", 4, 4
+        elif version == 43:
+            n_fmt, n_len, entry_len, off_fmt, off_len, first_at = "Q", 8, 20, "Q", 8, 8
+        else:
+            return None
+
+        def cut(what: str, at: int, end: int | None = None) -> str:
+            if at < size and end is not None:
+                return (f"truncated file: it ends at byte {size:,}, in the middle of {what} "
+                        f"(bytes {at:,}-{end:,})")
+            return f"truncated file: it ends at byte {size:,}, before {what} at byte {at:,}"
+
+        if len(head) < first_at + off_len:
+            return cut("the first image directory's position", first_at)
+        first = struct.unpack(order + off_fmt, head[first_at : first_at + off_len])[0]
+        chains: list[tuple[int, str]] = [(first, "the first image directory")]
+        seen: set[int] = set()
+        while chains:
+            offset, what = chains.pop()
+            while offset:
+                if offset in seen or len(seen) >= max_ifds:
+                    break  # a loop of directories is not a truncation
+                seen.add(offset)
+                fh.seek(offset)
+                raw = fh.read(n_len)
+                if len(raw) < n_len:
+                    return cut(what, offset, offset + n_len)
+                n = struct.unpack(order + n_fmt, raw)[0]
+                body = fh.read(n * entry_len + off_len)
+                if len(body) < n * entry_len + off_len:
+                    return cut(what, offset, offset + n_len + n * entry_len + off_len)
+                for k in range(n):
+                    entry = body[k * entry_len : (k + 1) * entry_len]
+                    tag, typ = struct.unpack(order + "HH", entry[:4])
+                    count = struct.unpack(order + off_fmt, entry[4 : 4 + off_len])[0]
+                    nbytes = count * _TIFF_TYPE_BYTES.get(typ, 0)
+                    if tag not in _TIFF_NEEDED_TAGS or nbytes == 0:
+                        continue
+                    inline = nbytes <= off_len
+                    at = 0 if inline else struct.unpack(order + off_fmt, entry[-off_len:])[0]
+                    if not inline and at + nbytes > size:
+                        return cut(f"the {_TIFF_NEEDED_TAGS[tag]} (TIFF tag {tag})", at,
+                                   at + nbytes)
+                    if tag == _SUBIFDS and typ in (4, 13, 16, 18):
+                        if inline:
+                            raw = entry[-off_len:][:nbytes]
+                        else:
+                            fh.seek(at)
+                            raw = fh.read(nbytes)
+                        fmt = "I" if typ in (4, 13) else "Q"
+                        chains += [(o, "a reduced-resolution image directory")
+                                   for o in struct.unpack(f"{order}{count}{fmt}", raw)]
+                offset = struct.unpack(order + off_fmt, body[-off_len:])[0]
+                what = "the next image directory"
+                if offset >= size:
+                    return cut(what, offset)
+    return None
 
 
 def suffix_of(path: Path) -> str:

@@ -41,6 +41,7 @@ from convfocus.io.formats import (
     suffix_of,
     supported_suffixes,
     tiff_mpp,
+    tiff_truncation,
 )
 from convfocus.io.images import WHITE, decode_plain, fit_size, resize, squeeze_image, to_rgb_u8
 
@@ -481,7 +482,11 @@ class _OpenSlideReader(_BaseReader):
 
 
 class _DicomReader(_BaseReader):
-    """DICOM whole-slide images (a folder of instances, or one file) via wsidicom."""
+    """DICOM whole-slide images (a folder of instances, or one file) via wsidicom.
+
+    wsidicom's objects are not safe to share between threads (file handles seek and
+    read): one read at a time, under a lock, since the scan reads regions from several.
+    """
 
     def __init__(self, path: Path) -> None:
         from wsidicom import WsiDicom  # type: ignore[import-untyped]
@@ -489,6 +494,7 @@ class _DicomReader(_BaseReader):
 
         self.path = path
         self.format = "dicom"
+        self._lock = threading.Lock()
         self._wsi = WsiDicom.open(path)
         try:
             levels = list(self._wsi.pyramid.levels)
@@ -509,11 +515,14 @@ class _DicomReader(_BaseReader):
             raise
 
     def _read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-        arr = self._wsi.read_region((x, y), self._level_numbers[level], (w, h), as_array=True)
+        with self._lock:
+            arr = self._wsi.read_region((x, y), self._level_numbers[level], (w, h),
+                                        as_array=True)
         return to_rgb_u8(np.asarray(arr))
 
     def close(self) -> None:
-        self._wsi.close()
+        with self._lock:
+            self._wsi.close()
 
 
 # --- plain images --------------------------------------------------------------------------------
@@ -585,8 +594,10 @@ def _check_tiff_pages(pages: Sequence[Any], file_size: int, path: Path) -> None:
         counts = np.asarray(page.databytecounts, dtype=np.int64)
         if offsets.size == 0 or offsets.size != counts.size:
             raise SlideReadError(f"corrupt TIFF: level {i} has no image data offsets", path)
-        if int((offsets + counts).max()) > file_size:
-            raise SlideReadError(f"truncated TIFF: level {i} data runs past the end of file", path)
+        end = int((offsets + counts).max())
+        if end > file_size:
+            raise SlideReadError(f"truncated file: it ends at byte {file_size:,}, before the end "
+                                 f"of level {i}'s image data (byte {end:,})", path)
 
 
 def _open_tiff(path: Path, threads: int) -> _BaseReader:
@@ -595,6 +606,12 @@ def _open_tiff(path: Path, threads: int) -> _BaseReader:
     vendor = openslide_vendor(path)
     if vendor is not None and vendor not in _OPENSLIDE_VENDORS_OWN_TIFF:
         return _OpenSlideReader(path, vendor)
+    try:
+        truncated = tiff_truncation(path)
+    except OSError as exc:
+        raise SlideReadError(f"cannot read file: {exc.strerror or exc}", path) from exc
+    if truncated is not None:
+        raise SlideReadError(truncated, path)
     try:
         tif = tifffile.TiffFile(path)
     except Exception as exc:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from convfocus.errors import ModelError
 from convfocus.grading.modelfile import int8_path, load_spec, resolve_model_path
-from convfocus.io.atomic import write_atomic, write_text_atomic
+from convfocus.io.atomic import make_folder, write_atomic, write_text_atomic
 from convfocus.types import ModelSpec
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ def save_model(base: Path, model: ConvFocusNet, spec: ModelSpec, *, onnx: bool =
     """
     from safetensors.torch import save_file
 
-    base.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(base.parent)
     stale = [int8_path(base)] + ([] if onnx else [base.with_suffix(".onnx")])
     for path in stale:
         path.unlink(missing_ok=True)

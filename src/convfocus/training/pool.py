@@ -209,6 +209,7 @@ def build_pool(
     native 40x tissue, the sharpest reference for class 0, is not outnumbered by
     20x tissue, whose upsampling itself blurs by a few classes.
     """
+    from convfocus.io.atomic import make_folder
     from convfocus.io.images import write_png
     from convfocus.io.readers import open_slide
 
@@ -218,7 +219,7 @@ def build_pool(
         overrides.update(manifest_mpp(folder))
     overrides.update(mpp_overrides or {})
     val = set(validation)
-    (out / "patches").mkdir(parents=True, exist_ok=True)
+    make_folder(out / "patches")
     entries: list[PoolEntry] = []
 
     items: list[tuple[str, np.ndarray, float, str]] = []

@@ -226,10 +226,11 @@ def train(
     ``out/ckpt.pt`` is written every ``ckpt_every`` steps and on exit; rerunning
     the same command resumes from it. ``out/log.jsonl`` has one line per report.
     """
+    from convfocus.io.atomic import make_folder
     from convfocus.training.checkpoint import save_model
     from convfocus.training.pool import load_pool
 
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     train_x, train_rows = load_pool(pool, "train")
     val_x, val_rows = load_pool(pool, "val")
     if len(train_x) == 0:
