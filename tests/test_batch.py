@@ -183,7 +183,8 @@ def test_index_lists_every_slide_with_its_verdict(reference: Path):
     rows = _index_rows(reference)
     assert [r["name"] for r in rows] == STEMS
     assert all(r["status"] == "done" and r["error"] == "" for r in rows)
-    assert all(r["verdict"] in {"pass", "review", "rescan"} for r in rows)
+    # the test slides hold less tissue than a histology verdict needs
+    assert all(r["verdict"] in {"pass", "review", "rescan", "insufficient-tissue"} for r in rows)
     assert [r["report"] for r in rows] == [f"{s}/report.html" for s in STEMS]
     html = (reference / "index.html").read_text(encoding="utf-8")
     for stem, r in zip(STEMS, rows, strict=True):

@@ -275,7 +275,39 @@ def test_verdict_extremes():
         assert verdict(sharp, name)["verdict"] == "pass"
         v = verdict(blurred, name)
         assert v["verdict"] == "rescan" and v["profile"] == name and v["reasons"]
-    assert verdict(np.full((3, 3), -1))["verdict"] == "review"
+    none = verdict(np.full((3, 3), -1))
+    assert none["verdict"] == "no-tissue"  # a QC result, not "review"
+    assert none["reasons"] == ["no tissue dense enough to grade: glass, fat or very pale tissue"]
+
+
+def test_a_tiny_slide_gets_insufficient_tissue_not_rescan():
+    # 0.01 mm² of tissue, all blurred: 10 cells of 32 µm (0.25 µm/px, stride 128 px)
+    cell_mm2 = (128 * 0.25 / 1000) ** 2
+    cm = np.full((2, 5), 25)
+    assert verdict(cm, "histology")["verdict"] == "rescan"  # no area given: classes alone
+    for name, p in PROFILES.items():
+        v = verdict(cm, name, cell_mm2=cell_mm2)
+        assert v["verdict"] == "insufficient-tissue", name
+        assert v["tissue_mm2"] == pytest.approx(0.0102, abs=1e-4)
+        assert v["min_tissue_mm2"] == p.min_tissue_mm2 > 0.0102
+        assert "0.01 mm² graded" in v["reasons"][0] and f"{p.min_tissue_mm2:g} mm²" in v["reasons"][0]
+        assert "100.0% at class >= " in v["reasons"][1]  # what the tissue there is shows
+    # at the profile's minimum the verdict is about focus again
+    n = int(np.ceil(PROFILES["histology"].min_tissue_mm2 / cell_mm2))
+    assert verdict(np.full((1, n), 25), "histology", cell_mm2=cell_mm2)["verdict"] == "rescan"
+    assert verdict(np.full((1, n - 1), 25), "histology",
+                   cell_mm2=cell_mm2)["verdict"] == "insufficient-tissue"
+    assert PROFILES["histology"].min_tissue_mm2 == 0.5
+
+
+def test_a_slide_of_ink_alone_says_so():
+    v = verdict(np.full((4, 4), -1), "cytology", cell_mm2=0.001, ink_mm2=0.0116)
+    assert v["verdict"] == "no-tissue"
+    why = "no tissue to grade: only marker ink or other colour that is not stained tissue"
+    assert v["reasons"] == [f"{why} (0.012 mm², left out)"]
+    with pytest.raises(ConfigError):
+        Profile("x", "bad", review_share=0.1, rescan_share=0.2, oof_min_class=10,
+                review_region_cells=1, rescan_region_cells=2, min_tissue_mm2=-1.0)
 
 
 def test_cytology_is_stricter_for_moderate_blur():

@@ -137,4 +137,4 @@ def test_index_page_is_sortable_and_self_contained():
     assert "javascript:" not in page  # the colon is percent-encoded: a relative link
     assert "cannot read &lt;slide&gt;" in page
     assert "addEventListener('click'" in page
-    assert page.count("data-type=") == 8
+    assert page.count("data-type=") == 9  # ... and Ink (mm²)

@@ -58,7 +58,26 @@ def test_the_result_is_frozen_and_keeps_the_documented_dtypes() -> None:
         r.classmap[0, 0] = 5  # read-only
     cm[3, 3] = 1  # the caller's own array stays writable
     assert r.cells.tolist() == np.argwhere(r.classmap >= 0).tolist() and len(r.cells) == 18
-    assert r.graded_mpp == SPEC.mpp and r.verdict() == verdict(r.classmap, "histology")
-    assert r.verdict("ai")["verdict"] == "rescan"  # 3 of 18 cells at class 22
+    assert r.cell_mm2 == pytest.approx(0.032**2) and r.tissue_mm2 == pytest.approx(18 * 0.032**2)
+    assert r.graded_mpp == SPEC.mpp
+    assert r.verdict() == verdict(r.classmap, "histology", cell_mm2=r.cell_mm2)
+    assert verdict(r.classmap, "ai")["verdict"] == "rescan"  # 3 of 18 cells at class 22
+    assert r.verdict("ai")["verdict"] == "insufficient-tissue"  # but 0.018 mm² < 0.05 mm²
     assert r.regions is r.regions  # made once
     assert r.regions == oof_regions(r.classmap, GRID, mpp=0.25, l0_dimensions=INFO.dimensions)
+
+
+def test_ink_area_and_share_come_from_the_thumbnail_masks() -> None:
+    tissue = np.zeros((40, 60), bool)
+    tissue[:10] = True  # 600 px
+    ink = np.zeros((40, 60), bool)
+    ink[20:25] = True  # 300 px
+    r = _result(tissue_mask=tissue, ink_mask=ink)
+    px_mm = 13.0 * 0.25 / 1000  # thumbnail pixel side
+    assert r.ink_mm2 == pytest.approx(300 * px_mm**2) and r.ink_share == pytest.approx(1 / 3)
+    assert not r.ink_mask.flags.writeable
+    assert _result().ink_mm2 == 0.0 and _result().ink_share == 0.0  # masks not known
+    v = r.verdict()
+    assert v["verdict"] == "no-tissue" and "ink" in v["reasons"][0]
+    with pytest.raises(ValueError, match="ink_mask"):
+        _result(ink_mask=np.zeros((4, 6), bool))

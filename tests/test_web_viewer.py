@@ -341,7 +341,9 @@ def test_summary_panel_leads_with_the_verdict(tmp_path: Path) -> None:
             assert figures["Scan lanes"] == "none"
             assert figures["Windows graded"] == f"{s['windows_graded']:,}"
             share = f"{100 * s['oof_share']:.1f} % of tissue"
-            assert figures["Out of focus"] == f"{share}\nclass ≥ 10"
+            # the share the verdict counts, at its profile's class, and it says which
+            assert s["oof_min_class"] == s["verdict"]["oof_min_class"] == 10
+            assert figures["Out of focus"] == f"{share}\nclass ≥ 10, as the cytology verdict counts"
             assert figures["Pixel size"] == "0.25 µm/px\ngiven with --mpp"
             assert figures["Model"] == "convfocus-test\nversion 9.9"
             text = page.inner_text("aside")

@@ -354,7 +354,8 @@ def _hms(s: float) -> str:
 def result_line(r: JobResult) -> str | None:
     """One slide's verdict and key figures, one line (None for a failed slide)::
 
-        slide-a: REVIEW (histology): 12.3 % of 3.21 mm² tissue out of focus, mean class 4.1,
+        slide-a: REVIEW (histology): 12.3 % of 3.21 mm² tissue out of focus (class >= 15),
+        mean class 4.1,
         4.2 s -> OUT/slide-a/report.html
     """
     if r.status == "failed" or r.out is None:
@@ -368,15 +369,33 @@ def result_line(r: JobResult) -> str | None:
     profile = v.get("profile") if isinstance(v, dict) else None
     figures = []
     share, area = s.get("oof_share"), s.get("tissue_area_mm2")
-    if isinstance(share, (int, float)) and isinstance(area, (int, float)):
-        figures.append(f"{100 * share:.1f} % of {area:.2f} mm² tissue out of focus")
+    reasons = v.get("reasons") if isinstance(v, dict) else None
+    need = v.get("min_tissue_mm2") if isinstance(v, dict) else None
+    if verdict == "NO-TISSUE" and reasons:
+        figures.append(str(reasons[0]))  # why there is nothing to grade
+    elif verdict == "INSUFFICIENT-TISSUE":
+        figures.append("too little tissue for a verdict"
+                       + (f" (needs {need:g} mm²)" if isinstance(need, (int, float)) else ""))
+    if verdict != "NO-TISSUE" and isinstance(share, (int, float)) and isinstance(area, (
+            int, float)):
+        at = s.get("oof_min_class")
+        at = f" (class >= {at})" if isinstance(at, int) else ""
+        figures.append(f"{100 * share:.1f} % of {area:.2f} mm² tissue out of focus{at}")
+    ink, ink_share = s.get("ink_area_mm2"), s.get("ink_share")
+    if (isinstance(ink, (int, float)) and isinstance(ink_share, (int, float))
+            and ink_share >= 0.01 and verdict != "NO-TISSUE"):
+        figures.append(f"ink left out: {ink:.2g} mm² ({100 * ink_share:.0f} %)")
     if isinstance(s.get("mean_class"), (int, float)):
         figures.append(f"mean class {s['mean_class']:.1f}")
     if (s.get("pattern") or {}).get("scan_lanes"):
         figures.append("scan lanes")
     figures.append(f"{r.seconds:.1f} s" if r.status == "done" else "kept from an earlier scan")
     head = f"{r.out.name}: {verdict}" + (f" ({profile})" if profile else "")
-    return f"{head}: {', '.join(figures)} -> {r.out / 'report.html'}"
+    line = f"{head}: {', '.join(figures)} -> {r.out / 'report.html'}"
+    coarse = s.get("coarse_slide")
+    if isinstance(coarse, dict) and coarse.get("note"):
+        line += f"\n  coarse slide: {coarse['note']}"
+    return line
 
 
 def summary_line(results: Sequence[JobResult], out_root: Path, seconds: float) -> str:

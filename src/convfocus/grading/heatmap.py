@@ -152,6 +152,7 @@ def overlay(
     th_downsample: float | tuple[float, float] | None = None,
     alpha: float = 0.5,
     num_classes: int = NUM_CLASSES,
+    ink: np.ndarray | None = None,
 ) -> np.ndarray:
     """Blend the jet heatmap over a slide thumbnail, cells placed by the grid geometry.
 
@@ -171,6 +172,10 @@ def overlay(
         ``l0_dimensions`` must be given.
     alpha
         Opacity of the heatmap over tissue cells.
+    ink
+        ``(h, w)`` bool mask of ink left out of grading (thumbnail pixels), drawn as
+        diagonal hatching, a dark and a light line in turn (:func:`hatch`), which shows on
+        dark ink and on pale tissue alike.
 
     Returns
     -------
@@ -196,7 +201,24 @@ def overlay(
     paint = cls >= 0
     colors = class_colors(num_classes).astype(np.float32)
     th[paint] = (1.0 - alpha) * th[paint] + alpha * colors[cls[paint]]
+    if ink is not None:
+        ink = np.asarray(ink, dtype=bool)
+        dark = hatch(th.shape[:2]) & ink
+        light = hatch(th.shape[:2], phase=0.5) & ink
+        th[dark] = 0.2 * th[dark] + 0.8 * np.float32(30.0)
+        th[light] = 0.2 * th[light] + 0.8 * np.float32(245.0)
     return np.clip(np.round(th), 0, 255).astype(np.uint8)
+
+
+def hatch(shape: tuple[int, int], *, period_px: int | None = None, phase: float = 0.0
+          ) -> np.ndarray:
+    """``(h, w)`` bool diagonal lines (down to the left), a quarter of each ``period_px``
+    (default: about 1/150 of the longest side, at least 8 px) wide, shifted by ``phase``
+    of a period."""
+    h, w = shape
+    period = period_px or max(8, max(h, w) // 150)
+    yy, xx = np.ogrid[:h, :w]
+    return ((xx + yy + round(phase * period)) % period) < max(2, period // 4)
 
 
 # --- figures with a legend ---------------------------------------------------------------------
@@ -340,10 +362,17 @@ def overlay_png(
     alpha: float = 0.5,
     title: str | None = None,
     num_classes: int = NUM_CLASSES,
+    ink: np.ndarray | None = None,
+    legend: bool = True,
 ) -> bytes:
-    """``overlay.png``: :func:`overlay` drawn with the class legend."""
+    """:func:`overlay` as PNG: drawn with the class legend, or (``legend=False``) the
+    overlay's own pixels, the thumbnail's size (``title`` is then not drawn)."""
     img = overlay(thumbnail_rgb, classmap, grid, l0_dimensions=l0_dimensions,
-                  th_downsample=th_downsample, alpha=alpha, num_classes=num_classes)
+                  th_downsample=th_downsample, alpha=alpha, num_classes=num_classes, ink=ink)
+    if not legend:
+        from convfocus.io.images import png_bytes
+
+        return png_bytes(img)
     return render_figure(img, title=title, num_classes=num_classes, show_no_tissue_key=False)
 
 

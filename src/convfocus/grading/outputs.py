@@ -135,9 +135,11 @@ def heatmap_png(result: SlideResult) -> bytes:
 
 
 def overlay_png(result: SlideResult) -> bytes:
-    """``overlay.png``: the class map over the slide's thumbnail, with a legend."""
+    """``overlay.png``: the class map over the slide's thumbnail, ink hatched, the
+    thumbnail's size and no legend (heatmap.png and report.html carry it)."""
     return heatmap.overlay_png(result.thumbnail, result.classmap, result.grid,
-                               th_downsample=result.th_downsample)
+                               th_downsample=result.th_downsample, ink=result.ink_mask,
+                               legend=False)
 
 
 def histogram_png(result: SlideResult) -> bytes:

@@ -34,6 +34,7 @@ from convfocus.types import GridGeometry
 
 __all__ = [
     "BUCKETS",
+    "NO_TISSUE_REASON",
     "OOF_MIN_CLASS",
     "PROFILES",
     "SEVERITY_COLORS",
@@ -569,9 +570,13 @@ class Profile:
         Size (cells, 8-connected) of the largest unusable region at which the
         verdict becomes ``"review"`` / ``"rescan"``: regional OOF can hide a lesion
         even when the slide average looks fine.
+    min_tissue_mm2
+        Least graded tissue (mm²) a verdict rests on; a slide with less gets
+        ``"insufficient-tissue"``.
 
     A profile with every number lower than or equal to another's is never more
-    lenient than it on any class map; :data:`PROFILES` is ordered that way.
+    lenient than it on any class map of a slide with enough tissue for both;
+    :data:`PROFILES` is ordered that way.
     """
 
     name: str
@@ -581,6 +586,7 @@ class Profile:
     oof_min_class: int
     review_region_cells: int
     rescan_region_cells: int
+    min_tissue_mm2: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.review_share <= self.rescan_share:
@@ -591,6 +597,8 @@ class Profile:
             )
         if not 0 <= self.oof_min_class < NUM_CLASSES:
             raise ConfigError(f"profile {self.name!r}: oof_min_class must be 0..{NUM_CLASSES - 1}")
+        if not self.min_tissue_mm2 >= 0.0:
+            raise ConfigError(f"profile {self.name!r}: min_tissue_mm2 must be >= 0")
 
 
 #: Built-in profiles, from most tolerant to strictest (each componentwise <= the previous).
@@ -607,6 +615,14 @@ class Profile:
 #:   look at one small patch at a time, so any moderately sized spot matters;
 #:   classes >= 5 count, review at 2 % or 10 cells, rescan at 10 % or 100 cells.
 #:
+#: Each verdict needs a least area of graded tissue, ``min_tissue_mm2``: five times the
+#: profile's review region (a cell is 32 µm square, about 0.001 mm², at 0.25 µm/px), so
+#: that one region just large enough for review is at most a fifth of the tissue and the
+#: shares rest on a few hundred windows: histology 0.5 mm² (100-cell region; about the
+#: smallest routine specimen, a fragment of an endoscopic biopsy, 1 x 0.5 mm), cytology
+#: and lymphoma 0.13 mm² (25 cells), ai 0.05 mm² (10 cells). A 512 px field at 40x
+#: (0.016 mm²) is below every one.
+#:
 #: The numbers are starting points, not validated clinical cut-offs.
 PROFILES: dict[str, Profile] = {
     p.name: p
@@ -619,6 +635,7 @@ PROFILES: dict[str, Profile] = {
             oof_min_class=15,
             review_region_cells=100,
             rescan_region_cells=1000,
+            min_tissue_mm2=0.5,
         ),
         Profile(
             name="cytology",
@@ -628,6 +645,7 @@ PROFILES: dict[str, Profile] = {
             oof_min_class=10,
             review_region_cells=25,
             rescan_region_cells=250,
+            min_tissue_mm2=0.13,
         ),
         Profile(
             name="lymphoma",
@@ -637,6 +655,7 @@ PROFILES: dict[str, Profile] = {
             oof_min_class=5,
             review_region_cells=25,
             rescan_region_cells=250,
+            min_tissue_mm2=0.13,
         ),
         Profile(
             name="ai",
@@ -646,11 +665,15 @@ PROFILES: dict[str, Profile] = {
             oof_min_class=5,
             review_region_cells=10,
             rescan_region_cells=100,
+            min_tissue_mm2=0.05,
         ),
     )
 }
 
-_VERDICT_RANK = {"pass": 0, "review": 1, "rescan": 2}
+_VERDICT_RANK = {"pass": 0, "review": 1, "rescan": 2, "insufficient-tissue": 3, "no-tissue": 4}
+
+#: Why a slide with no graded tissue has none, when no ink was found either.
+NO_TISSUE_REASON = "no tissue dense enough to grade: glass, fat or very pale tissue"
 
 
 def get_profile(profile: Profile | str) -> Profile:
@@ -670,36 +693,59 @@ def get_profile(profile: Profile | str) -> Profile:
         raise ConfigError(f"unknown profile {profile!r}; choose one of: {known}") from None
 
 
-def verdict(classmap: np.ndarray, profile: Profile | str = "histology") -> dict[str, Any]:
-    """Pass / review / rescan for one slide under a clinical-use profile.
+def _mm2(x: float) -> str:
+    """An area for a sentence: ``0.65``, ``0.016``."""
+    return f"{x:.2f}" if x >= 0.1 else f"{x:.2g}"
+
+
+def verdict(
+    classmap: np.ndarray,
+    profile: Profile | str = "histology",
+    *,
+    cell_mm2: float | None = None,
+    ink_mm2: float = 0.0,
+) -> dict[str, Any]:
+    """Pass / review / rescan for one slide under a clinical-use profile, or why there is
+    none (no-tissue, insufficient-tissue).
 
     ``rescan`` when the unusable share (class ``>= profile.oof_min_class``) reaches
     ``rescan_share`` or the largest unusable 8-connected region reaches
     ``rescan_region_cells``; else ``review`` at ``review_share`` or
     ``review_region_cells``; else ``pass``. Both measures only grow when a cell's
     class grows, so more blur never gives a better verdict, and a profile with
-    lower numbers is never more lenient. A map with no tissue gives ``review``.
-    The built-in thresholds and the reasons for them are listed at :data:`PROFILES`.
+    lower numbers is never more lenient. The built-in thresholds and the reasons for
+    them are listed at :data:`PROFILES`.
+
+    A map with no tissue gives ``no-tissue``; with ``cell_mm2`` (the area one cell
+    stands for, mm²) a slide with less graded tissue than ``profile.min_tissue_mm2``
+    gives ``insufficient-tissue`` (its share and region are still reported).
+    ``ink_mm2``: ink left out of grading, named in the no-tissue reason.
 
     Returns
     -------
     dict
         ``verdict``, ``profile``, ``reasons`` (human-readable lines),
-        ``oof_min_class``, ``oof_share``, ``largest_region_cells``.
+        ``oof_min_class``, ``oof_share``, ``largest_region_cells``, ``tissue_mm2``
+        (None without ``cell_mm2``) and ``min_tissue_mm2``.
     """
     p = get_profile(profile)
     cm = np.asarray(classmap)
     tissue = cm >= 0
     n_tissue = int(tissue.sum())
+    area = None if cell_mm2 is None else n_tissue * float(cell_mm2)
+    base: dict[str, Any] = {
+        "profile": p.name,
+        "oof_min_class": p.oof_min_class,
+        "tissue_mm2": None if area is None else round(area, 4),
+        "min_tissue_mm2": p.min_tissue_mm2,
+    }
     if n_tissue == 0:
-        return {
-            "verdict": "review",
-            "profile": p.name,
-            "reasons": ["no tissue was graded"],
-            "oof_min_class": p.oof_min_class,
-            "oof_share": 0.0,
-            "largest_region_cells": 0,
-        }
+        reason = NO_TISSUE_REASON
+        if ink_mm2 > 0:
+            reason = (f"no tissue to grade: only marker ink or other colour that is not "
+                      f"stained tissue ({_mm2(ink_mm2)} mm², left out)")
+        return {"verdict": "no-tissue", **base, "reasons": [reason], "oof_share": 0.0,
+                "largest_region_cells": 0}
     bad = cm >= p.oof_min_class
     share = int(bad.sum()) / n_tissue
     labels, n = ndimage.label(bad, structure=_EIGHT)
@@ -732,16 +778,23 @@ def verdict(classmap: np.ndarray, profile: Profile | str = "histology") -> dict[
             f"{share:.1%} of tissue at {what}, largest region {largest} cells: "
             f"below review thresholds ({p.review_share:.0%}, {p.review_region_cells} cells)"
         )
+    if area is not None and area < p.min_tissue_mm2:
+        short = (f"too little tissue for a verdict: {_mm2(area)} mm² graded, a {p.name} "
+                 f"verdict needs {p.min_tissue_mm2:g} mm² (glass, fat, very pale tissue and ink "
+                 "are not graded)")
+        there = f"on the tissue there is: {share:.1%} at {what}, largest region {largest} cells"
+        reasons = [short, there]
+        level = "insufficient-tissue"
     return {
         "verdict": level,
-        "profile": p.name,
+        **base,
         "reasons": reasons,
-        "oof_min_class": p.oof_min_class,
         "oof_share": share,
         "largest_region_cells": largest,
     }
 
 
 def verdict_rank(v: str) -> int:
-    """Order of verdicts: pass 0 < review 1 < rescan 2."""
+    """Order of verdicts: pass 0 < review 1 < rescan 2 < insufficient-tissue 3 <
+    no-tissue 4 (the last two are not about focus: they sort after it)."""
     return _VERDICT_RANK[v]

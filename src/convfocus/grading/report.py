@@ -33,7 +33,6 @@ from convfocus.grading.regions import (
     get_profile,
     oof_pattern,
     oof_regions,
-    verdict,
 )
 from convfocus.grading.result import SlideResult
 from convfocus.io.atomic import to_jsonable
@@ -46,8 +45,67 @@ TISSUE_AREA_NOTE = (
     "cells below the grid's tissue threshold is not included"
 )
 
-VERDICT_COLORS = {"pass": "#1b7f3b", "review": "#b26a00", "rescan": "#c62828", "error": "#555555"}
-_VERDICT_ORDER = {"pass": 0, "review": 1, "rescan": 2, "error": 3}
+INK_NOTE = (
+    "marker ink and other colour that is not stained tissue (green, blue, strongly "
+    "saturated red; pieces of the tissue mask that are mostly such colour), left out of "
+    "grading; area from the thumbnail, share of the slide's tissue + ink"
+)
+
+VERDICT_COLORS = {"pass": "#1b7f3b", "review": "#b26a00", "rescan": "#c62828",
+                  "insufficient-tissue": "#6a4c93", "no-tissue": "#4a6572", "error": "#555555"}
+_VERDICT_ORDER = {"pass": 0, "review": 1, "rescan": 2, "insufficient-tissue": 3, "no-tissue": 4,
+                  "error": 5}
+
+#: Pixel size ratio (slide / model) above which a resampled slide gets a note: its
+#: enlargement alone blurs it by classes.
+COARSE_RATIO = 1.5
+
+#: ``(ratio, class)``: the mean class that sharp tissue grades at when the slide's pixels
+#: are ``ratio`` times the model's and the scan enlarges it to the model's pixel size.
+#: Measured with the shipped model (convfocus-default 0.1.0) on the 11 held-out sharp
+#: images of ``convfocus check-model`` (native 40x and the scikit-image IHC image), each
+#: reduced to the coarser pixel size (area) and enlarged back (Lanczos, the scan's
+#: resize): the median over images (range at 4x: 6.0-8.6; at 8x: 11.2-13.9). A scan
+#: cannot be sharper than its pixels, so this is the floor of the classes of such a slide.
+SHARP_FLOOR = ((1.0, 0.0), (1.5, 0.5), (2.0, 1.1), (3.0, 5.1), (4.0, 7.2), (6.0, 10.2),
+               (8.0, 12.8))
+
+
+def sharp_floor_class(ratio: float) -> float:
+    """The class a perfectly sharp slide grades at when its pixels are ``ratio`` times the
+    model's (:data:`SHARP_FLOOR`, interpolated in log ratio; extended linearly beyond
+    the last point, at most the top class)."""
+    xs = np.log([r for r, _ in SHARP_FLOOR])
+    ys = np.array([c for _, c in SHARP_FLOOR])
+    x = math.log(max(float(ratio), 1.0))
+    if x <= xs[-1]:
+        return float(np.interp(x, xs, ys))
+    slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+    return float(min(NUM_CLASSES - 1, ys[-1] + slope * (x - xs[-1])))
+
+
+def coarse_slide(slide_mpp: float, model_mpp: float, *, native: bool = False
+                 ) -> dict[str, Any] | None:
+    """What enlarging a coarse slide does to its classes, or None when the slide is
+    graded at its own pixels (``native``) or is at most :data:`COARSE_RATIO` times
+    coarser than the model.
+
+    Returns ``ratio``, ``sharp_floor_class`` (:func:`sharp_floor_class`) and ``note``, a
+    sentence for people.
+    """
+    ratio = float(slide_mpp) / float(model_mpp)
+    if native or not ratio > COARSE_RATIO:
+        return None
+    floor = sharp_floor_class(ratio)
+    effect = (f"Classes up to about {floor:.0f} say nothing about focus here"
+              if floor >= 3 else "The enlargement costs little")
+    note = (f"This slide's pixels ({slide_mpp:g} µm) are {ratio:.1f}x the model's "
+            f"({model_mpp:g} µm), so it is enlarged {ratio:.1f}x to be graded, and a scan "
+            f"cannot be sharper than its pixels: a perfectly sharp slide at this pixel size "
+            f"grades about class {floor:.0f}. {effect}. To grade the slide's own pixels, "
+            f"scan it with --native (classes then count blur in its pixels, {ratio:.1f}x "
+            f"larger than the model's).")
+    return {"ratio": round(ratio, 3), "sharp_floor_class": round(floor, 1), "note": note}
 
 
 # --- summary -----------------------------------------------------------------------------------
@@ -77,7 +135,9 @@ def build_summary(
         The slide's OOF regions when they were drawn with other settings than
         ``result.regions``; ``None`` takes ``result.regions``.
     oof_min_class
-        Class from which a cell counts as OOF for ``oof_share`` and the pattern.
+        Class from which a cell counts as OOF for the regions and the pattern (their own
+        ``min_class``); ``oof_share`` and the top-level ``oof_min_class`` are the main
+        verdict's, under its profile's class threshold.
     max_regions
         How many of the worst regions to list.
     """
@@ -95,8 +155,7 @@ def build_summary(
         pt /= np.maximum(pt.sum(axis=1, keepdims=True), 1e-12)
         mean_expected = float((pt @ np.arange(spec.num_classes)).mean())
 
-    cell_mm = g.l0_stride_px * slide.mpp / 1000.0
-    tissue_area_mm2 = n * cell_mm * cell_mm if n else 0.0
+    tissue_area_mm2 = result.tissue_mm2
 
     if geojson is None:
         geojson = result.regions if oof_min_class == OOF_MIN_CLASS else oof_regions(
@@ -105,7 +164,7 @@ def build_summary(
     worst = [_region_row(f.get("properties", {})) for f in features[:max_regions]]
 
     pattern = oof_pattern(cm, min_class=oof_min_class, grid=g)
-    main = verdict(cm, prof)
+    main = result.verdict(prof)
     created = created_utc or _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
     summary: dict[str, Any] = {
         "schema_version": SUMMARY_SCHEMA,
@@ -132,15 +191,19 @@ def build_summary(
         "windows_graded": n,
         "tissue_area_mm2": round(tissue_area_mm2, 4),
         "tissue_area_note": TISSUE_AREA_NOTE,
+        "ink_area_mm2": round(result.ink_mm2, 4),
+        "ink_share": round(result.ink_share, 4),
+        "ink_note": INK_NOTE,
+        "coarse_slide": coarse_slide(slide.mpp, spec.mpp, native=result.native),
         "mean_class": None if mean_class is None else round(mean_class, 3),
         "mean_expected_class": None if mean_expected is None else round(mean_expected, 3),
-        "oof_min_class": oof_min_class,
-        "oof_share": pattern["oof_share"],
+        "oof_min_class": main["oof_min_class"],
+        "oof_share": main["oof_share"] if n else None,  # no tissue: no share
         "bucket_shares": bucket_shares(cm),
         "class_counts": [int(v) for v in counts],
         "pattern": pattern,
         "verdict": main,
-        "verdicts": {name: verdict(cm, p)["verdict"] for name, p in PROFILES.items()},
+        "verdicts": {name: result.verdict(p)["verdict"] for name, p in PROFILES.items()},
         "regions": {"count": len(features), "min_class": oof_min_class, "worst": worst},
         "runtime_s": round(float(result.seconds if runtime_s is None else runtime_s), 3),
         "convfocus_version": __version__,
@@ -172,10 +235,13 @@ def index_row(summary: Mapping[str, Any], report_href: str | None) -> dict[str, 
         "verdict": v.get("verdict") if isinstance(v, Mapping) else v,
         "profile": v.get("profile") if isinstance(v, Mapping) else None,
         "oof_share": summary.get("oof_share"),
+        "oof_min_class": summary.get("oof_min_class"),
         "mean_class": summary.get("mean_class"),
         "pattern": (summary.get("pattern") or {}).get("pattern"),
         "scan_lanes": (summary.get("pattern") or {}).get("scan_lanes"),
         "tissue_area_mm2": summary.get("tissue_area_mm2"),
+        "ink_area_mm2": summary.get("ink_area_mm2"),
+        "ink_share": summary.get("ink_share"),
         "report": report_href,
     }
 
@@ -247,6 +313,7 @@ h2{font-size:16px;margin:0 0 12px 0;font-weight:600}
 .cols{display:grid;grid-template-columns:minmax(0,3fr) minmax(300px,2fr);gap:18px}
 @media (max-width:1000px){.cols{grid-template-columns:1fr}}
 img{max-width:100%;height:auto;display:block;border:1px solid #e3e6ea}
+img.wide{width:100%}
 table{border-collapse:collapse;width:100%;font-size:14px}
 th,td{text-align:left;padding:5px 8px;border-bottom:1px solid #eceef1;vertical-align:top}
 th{font-weight:600;color:#444;background:#fafbfc}
@@ -264,6 +331,11 @@ td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
   vertical-align:-1px;border:1px solid rgba(0,0,0,.25)}
 .jet{height:14px;border:1px solid #ccd;border-radius:3px;margin-top:6px}
 .jet-labels{display:flex;justify-content:space-between;font-size:12px;color:#555}
+.keys{font-size:12px;color:#555;margin-top:6px}
+.keys .swatch{width:18px}
+.hatch{background:repeating-linear-gradient(135deg,#1e1e1e 0 2px,#999 2px 4px,#f5f5f5 4px 6px,#999 6px 8px)}
+.note{background:#fff8e1;border:1px solid #f0d48a;border-radius:8px;padding:10px 16px;
+  margin-bottom:18px;font-size:14px}
 footer{padding:6px 28px 24px 28px;color:#777;font-size:12px}
 """
 
@@ -294,9 +366,23 @@ def _summary_rows(s: Mapping[str, Any]) -> list[tuple[str, str]]:
         f"{_e(model.get('name'))} {_e(model.get('version'))} "
         f"<span class='muted'>({detail})</span>"
     )
+    coarse = s.get("coarse_slide")
+    if isinstance(coarse, Mapping):
+        pixel += (f"<br><span class='muted'>{_num(coarse.get('ratio'), 1)}x coarser than the "
+                  f"model: sharp tissue grades about class "
+                  f"{_num(coarse.get('sharp_floor_class'), 0)} (see the note above)</span>")
     mean = _num(s.get("mean_class"), 2)
     if s.get("mean_expected_class") is not None:
         mean += f" <span class='muted'>(expected {_num(s.get('mean_expected_class'), 2)})</span>"
+    v = s.get("verdict")
+    profile = v.get("profile") if isinstance(v, Mapping) else None
+    share = _pct(s.get("oof_share"))
+    if profile:
+        share += f" <span class='muted'>(the {_e(profile)} verdict's threshold)</span>"
+    regions = s.get("regions") or {}
+    rmin = regions.get("min_class", pattern.get("oof_min_class"))
+    tissue = (f"{_mm2(s.get('tissue_area_mm2'))} mm² <span class='muted'>(glass, fat, very "
+              "pale tissue and ink are not graded)</span>")
     return [
         ("Input", _e(s.get("input"))),
         ("Dimensions (level 0)", f"{_num(dims[0])} × {_num(dims[1])} px"),
@@ -304,14 +390,31 @@ def _summary_rows(s: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("Graded at", graded),
         ("Model", model_txt),
         ("Windows graded", _num(s.get("windows_graded"))),
-        ("Tissue area", f"{_num(s.get('tissue_area_mm2'), 2)} mm²"),
+        ("Tissue graded", tissue),
+        ("Ink, not graded", _ink(s)),
         ("Mean class", mean),
-        (f"OOF share (class ≥ {_e(s.get('oof_min_class'))})", _pct(s.get("oof_share"))),
-        ("OOF pattern", _e(pattern.get("pattern"))),
+        (f"Out of focus (class ≥ {_e(s.get('oof_min_class'))})", share),
+        (f"OOF pattern (class ≥ {_e(rmin)})", _e(pattern.get("pattern"))),
         ("Scan lanes", lanes),
-        ("OOF regions", _num((s.get("regions") or {}).get("count"))),
+        (f"OOF regions (class ≥ {_e(rmin)})", _num(regions.get("count"))),
         ("Runtime", f"{_num(s.get('runtime_s'), 1)} s"),
     ]
+
+
+def _mm2(x: Any) -> str:
+    """An area in mm²: two decimals, two significant digits below 0.1."""
+    if not isinstance(x, (int, float)) or isinstance(x, bool) or not math.isfinite(x):
+        return "–"
+    return f"{x:,.2f}" if x == 0 or abs(x) >= 0.1 else f"{x:.2g}"
+
+
+def _ink(s: Mapping[str, Any]) -> str:
+    area, share = s.get("ink_area_mm2"), s.get("ink_share")
+    if not isinstance(area, (int, float)):
+        return "–"
+    if not area:
+        return "none found"
+    return f"{_mm2(area)} mm² <span class='muted'>({_pct(share)} of tissue + ink)</span>"
 
 
 def render_report_html(
@@ -327,8 +430,10 @@ def render_report_html(
     """One self-contained HTML page for a slide: verdict, overlay with legend, summary
     table, bucket shares, class histogram, heatmap and the worst regions.
 
-    Images are embedded as base64 ``data:`` URIs; the page loads nothing from outside.
-    Regions come from ``geojson`` when given, else from ``summary["regions"]["worst"]``.
+    ``overlay_png`` is the overlay without a legend (the page draws the one legend under
+    it); ``heatmap_png`` the heatmap figure, which carries its own. Images are embedded as
+    base64 ``data:`` URIs; the page loads nothing from outside. Regions come from
+    ``geojson`` when given, else from ``summary["regions"]["worst"]``.
     """
     s = summary
     name = s.get("slide") or _stem(str(s.get("input", "slide")))
@@ -353,17 +458,25 @@ def render_report_html(
     if reasons:
         add("<ul class='reasons'>" + "".join(f"<li>{_e(r)}</li>" for r in reasons) + "</ul>")
     add("</div></div></header><main>")
+    coarse = s.get("coarse_slide")
+    if isinstance(coarse, Mapping) and coarse.get("note"):
+        add(f"<div class='note'><b>Coarse slide.</b> {_e(coarse.get('note'))}</div>")
 
     # overlay + summary table
     add("<div class='cols'><section><h2>Out-of-focus classes over the slide</h2>")
     uri = _data_uri(overlay_png)
     if uri:
-        add(f"<img alt='OOF heatmap over the slide thumbnail' src='{uri}'>")
+        add(f"<img class='wide' alt='OOF classes over the slide thumbnail' src='{uri}'>")
     else:
         add("<p class='muted'>no overlay image</p>")
     add(f"<div class='jet' style='background:{_jet_gradient()}'></div>")
     add("<div class='jet-labels'><span>0 in focus</span><span>5</span><span>10</span>"
         "<span>15</span><span>20</span><span>29 strongly out of focus</span></div>")
+    add("<div class='keys'>OOF class of each graded window · uncoloured: not graded (glass, "
+        "fat, very pale tissue)")
+    if s.get("ink_area_mm2"):
+        add(" · <span class='swatch hatch'></span>ink, not graded")
+    add("</div>")
     add("</section><section><h2>Summary</h2><table>")
     for label, value in _summary_rows(s):
         add(f"<tr><th>{_e(label)}</th><td>{value}</td></tr>")
@@ -373,67 +486,72 @@ def render_report_html(
         add(f"<tr><th>Verdict by profile</th><td>{cells}</td></tr>")
     add("</table></section></div>")
 
-    # buckets
-    shares = s.get("bucket_shares") or {}
-    colors = bucket_colors(BUCKETS)
-    add("<section><h2>Share of tissue per OOF bucket</h2><div class='stack'>")
-    for (lo, hi), col in zip(BUCKETS, colors):
-        share = shares.get(bucket_label((lo, hi)), 0.0) or 0.0
-        if share > 0:
-            add(f"<div title='{lo}-{hi}: {_pct(share)}' "
-                f"style='width:{100.0 * share:.3f}%;background:{_hex(col)}'></div>")
-    add("</div><table><tr><th>Bucket (classes)</th><th class='num'>Share of tissue</th>"
-        "<th class='num'>Windows</th></tr>")
-    counts = s.get("class_counts") or []
-    for (lo, hi), col in zip(BUCKETS, colors):
-        n_b = sum(int(c) for c in counts[lo : hi + 1]) if counts else None
-        add(f"<tr><td><span class='swatch' style='background:{_hex(col)}'></span>{lo}–{hi}</td>"
-            f"<td class='num'>{_pct(shares.get(bucket_label((lo, hi))))}</td>"
-            f"<td class='num'>{_num(n_b)}</td></tr>")
-    add("</table></section>")
-
-    uri = _data_uri(histogram_png)
-    if uri:
-        add("<section><h2>Class histogram</h2>"
-            f"<img alt='share of tissue per OOF class' src='{uri}'></section>")
-
-    # regions
-    rows = _worst_regions(s, geojson, max_regions)
-    add("<section><h2>Worst out-of-focus regions</h2>")
-    if rows:
-        add("<table><tr><th>#</th><th>Severity</th><th class='num'>Mean class</th>"
-            "<th class='num'>Max class</th><th class='num'>Windows</th>"
-            "<th class='num'>Area (mm²)</th><th>Centre (level-0 px)</th>"
-            "<th>Box x0, y0 – x1, y1 (level-0 px)</th></tr>")
-        for r in rows:
-            sev = str(r.get("severity") or "")
-            sw = _hex(SEVERITY_COLORS.get(sev, (128, 128, 128)))
-            area = r.get("area_um2")
-            area_mm2 = area / 1e6 if isinstance(area, (int, float)) else None
-            c = r.get("centroid_l0_px") or [None, None]
-            b = r.get("bbox_l0_px") or [None] * 4
-            add(f"<tr><td>{_e(r.get('rank'))}</td>"
-                f"<td><span class='swatch' style='background:{sw}'></span>{_e(sev)}</td>"
-                f"<td class='num'>{_num(r.get('mean_class'), 1)}</td>"
-                f"<td class='num'>{_num(r.get('max_class'))}</td>"
-                f"<td class='num'>{_num(r.get('n_cells'))}</td>"
-                f"<td class='num'>{_num(area_mm2, 3)}</td>"
-                f"<td>{_num(c[0], 0)}, {_num(c[1], 0)}</td>"
-                f"<td>{_num(b[0], 0)}, {_num(b[1], 0)} – {_num(b[2], 0)}, {_num(b[3], 0)}</td>"
-                "</tr>")
-        add("</table>")
-        total = (s.get("regions") or {}).get("count")
-        if isinstance(total, int) and total > len(rows):
-            add(f"<p class='muted'>{len(rows)} of {total} regions shown; all are in "
-                "oof_regions.geojson (QuPath: File › Import objects).</p>")
+    if not s.get("windows_graded"):
+        add("<section><h2>Nothing graded</h2><p class='muted'>No window of this slide holds "
+            "enough tissue to grade; see the verdict above.</p></section>")
     else:
-        add(f"<p class='muted'>No connected region of class ≥ {_e(s.get('oof_min_class'))}.</p>")
-    add("</section>")
+        # buckets
+        shares = s.get("bucket_shares") or {}
+        colors = bucket_colors(BUCKETS)
+        add("<section><h2>Share of tissue per OOF bucket</h2><div class='stack'>")
+        for (lo, hi), col in zip(BUCKETS, colors):
+            share = shares.get(bucket_label((lo, hi)), 0.0) or 0.0
+            if share > 0:
+                add(f"<div title='{lo}-{hi}: {_pct(share)}' "
+                    f"style='width:{100.0 * share:.3f}%;background:{_hex(col)}'></div>")
+        add("</div><table><tr><th>Bucket (classes)</th><th class='num'>Share of tissue</th>"
+            "<th class='num'>Windows</th></tr>")
+        counts = s.get("class_counts") or []
+        for (lo, hi), col in zip(BUCKETS, colors):
+            n_b = sum(int(c) for c in counts[lo : hi + 1]) if counts else None
+            add(f"<tr><td><span class='swatch' style='background:{_hex(col)}'></span>{lo}–{hi}</td>"
+                f"<td class='num'>{_pct(shares.get(bucket_label((lo, hi))))}</td>"
+                f"<td class='num'>{_num(n_b)}</td></tr>")
+        add("</table></section>")
 
-    uri = _data_uri(heatmap_png)
-    if uri:
-        add("<section><h2>Heatmap</h2>"
-            f"<img alt='OOF class heatmap (black: no tissue)' src='{uri}'></section>")
+        uri = _data_uri(histogram_png)
+        if uri:
+            add("<section><h2>Class histogram</h2>"
+                f"<img alt='share of tissue per OOF class' src='{uri}'></section>")
+
+        # regions
+        rows = _worst_regions(s, geojson, max_regions)
+        add("<section><h2>Worst out-of-focus regions</h2>")
+        if rows:
+            add("<table><tr><th>#</th><th>Severity</th><th class='num'>Mean class</th>"
+                "<th class='num'>Max class</th><th class='num'>Windows</th>"
+                "<th class='num'>Area (mm²)</th><th>Centre (level-0 px)</th>"
+                "<th>Box x0, y0 – x1, y1 (level-0 px)</th></tr>")
+            for r in rows:
+                sev = str(r.get("severity") or "")
+                sw = _hex(SEVERITY_COLORS.get(sev, (128, 128, 128)))
+                area = r.get("area_um2")
+                area_mm2 = area / 1e6 if isinstance(area, (int, float)) else None
+                c = r.get("centroid_l0_px") or [None, None]
+                b = r.get("bbox_l0_px") or [None] * 4
+                add(f"<tr><td>{_e(r.get('rank'))}</td>"
+                    f"<td><span class='swatch' style='background:{sw}'></span>{_e(sev)}</td>"
+                    f"<td class='num'>{_num(r.get('mean_class'), 1)}</td>"
+                    f"<td class='num'>{_num(r.get('max_class'))}</td>"
+                    f"<td class='num'>{_num(r.get('n_cells'))}</td>"
+                    f"<td class='num'>{_num(area_mm2, 3)}</td>"
+                    f"<td>{_num(c[0], 0)}, {_num(c[1], 0)}</td>"
+                    f"<td>{_num(b[0], 0)}, {_num(b[1], 0)} – {_num(b[2], 0)}, {_num(b[3], 0)}</td>"
+                    "</tr>")
+            add("</table>")
+            total = (s.get("regions") or {}).get("count")
+            if isinstance(total, int) and total > len(rows):
+                add(f"<p class='muted'>{len(rows)} of {total} regions shown; all are in "
+                    "oof_regions.geojson (QuPath: File › Import objects).</p>")
+        else:
+            rmin = (s.get("regions") or {}).get("min_class", s.get("oof_min_class"))
+            add(f"<p class='muted'>No connected region of class ≥ {_e(rmin)}.</p>")
+        add("</section>")
+
+        uri = _data_uri(heatmap_png)
+        if uri:
+            add("<section><h2>Heatmap</h2>"
+                f"<img alt='OOF class heatmap (black: no tissue)' src='{uri}'></section>")
 
     add("</main><footer>")
     add(f"convfocus {_e(s.get('convfocus_version'))} · created {_e(s.get('created_utc'))} · "
@@ -513,10 +631,12 @@ tr:hover td{background:#fafbff}
 def render_index_html(rows: Iterable[Mapping[str, Any]], *, title: str = "convfocus batch") -> str:
     """A batch index page: one row per slide, sortable by clicking a column header.
 
-    Each row is a mapping with ``name``, ``verdict`` (``pass``/``review``/``rescan``, or
-    ``error``), ``oof_share``, ``mean_class`` and ``report`` (a relative link to the
-    slide's report.html), optionally ``profile``, ``pattern``, ``scan_lanes``,
-    ``tissue_area_mm2`` and ``error`` (message of a failed slide); see :func:`index_row`.
+    Each row is a mapping with ``name``, ``verdict`` (``pass``/``review``/``rescan``,
+    ``insufficient-tissue``/``no-tissue``, or ``error``), ``oof_share`` (at the class
+    ``oof_min_class`` the row's verdict counts), ``mean_class`` and ``report`` (a relative
+    link to the slide's report.html), optionally ``profile``, ``pattern``, ``scan_lanes``,
+    ``tissue_area_mm2``, ``ink_area_mm2``, ``ink_share`` and ``error`` (message of a failed
+    slide); see :func:`index_row`.
     """
     rows = list(rows)
     counts: dict[str, int] = {}
@@ -532,14 +652,19 @@ def render_index_html(rows: Iterable[Mapping[str, Any]], *, title: str = "convfo
     add(" · ".join(f"{_e(k)}: {n}" for k, n in sorted(counts.items(),
                                                         key=lambda kv: _VERDICT_ORDER.get(kv[0], 9))))
     add(" · click a column header to sort</p>")
+    add("<p class='muted'>Out of focus: share of the graded tissue at or above the class "
+        "the row's verdict profile counts (histology ≥ 15, cytology ≥ 10, lymphoma and ai "
+        "≥ 5). Ink: marker ink and other colour that is not stained tissue, left out of "
+        "grading.</p>")
     add("<table><thead><tr>"
         "<th data-type='text' tabindex='0'>Slide</th>"
         "<th data-type='num' tabindex='0'>Verdict</th>"
         "<th data-type='text' tabindex='0'>Profile</th>"
-        "<th data-type='num' class='num' tabindex='0'>OOF share</th>"
+        "<th data-type='num' class='num' tabindex='0'>Out of focus</th>"
         "<th data-type='num' class='num' tabindex='0'>Mean class</th>"
         "<th data-type='text' tabindex='0'>Pattern</th>"
         "<th data-type='num' class='num' tabindex='0'>Tissue (mm²)</th>"
+        "<th data-type='num' class='num' tabindex='0'>Ink (mm²)</th>"
         "<th data-type='text' tabindex='0'>Report</th>"
         "</tr></thead><tbody>")
     for r in rows:
@@ -548,6 +673,13 @@ def render_index_html(rows: Iterable[Mapping[str, Any]], *, title: str = "convfo
         share = r.get("oof_share")
         mean = r.get("mean_class")
         area = r.get("tissue_area_mm2")
+        ink = r.get("ink_area_mm2")
+        ink_txt = _mm2(ink) if isinstance(ink, (int, float)) and ink else ""
+        if ink_txt and isinstance(r.get("ink_share"), (int, float)):
+            ink_txt += f" <span class='muted'>({_pct(r.get('ink_share'))})</span>"
+        share_txt = _pct(share)
+        if isinstance(share, (int, float)) and isinstance(r.get("oof_min_class"), (int, float)):
+            share_txt = f"<span class='muted'>class ≥ {int(r['oof_min_class'])}:</span> {share_txt}"
         pattern = r.get("pattern") or ""
         if r.get("scan_lanes"):
             pattern = f"{pattern} + scan lanes" if pattern else "scan lanes"
@@ -559,10 +691,11 @@ def render_index_html(rows: Iterable[Mapping[str, Any]], *, title: str = "convfo
             f"<td>{_e(r.get('name'))}</td>"
             f"<td data-sort='{rank}'>{_badge(v) if v else '–'}</td>"
             f"<td>{_e(r.get('profile') or '')}</td>"
-            f"<td class='num' data-sort='{_sortnum(share)}'>{_pct(share)}</td>"
+            f"<td class='num' data-sort='{_sortnum(share)}'>{share_txt}</td>"
             f"<td class='num' data-sort='{_sortnum(mean)}'>{_num(mean, 2)}</td>"
             f"<td>{_e(pattern)}</td>"
             f"<td class='num' data-sort='{_sortnum(area)}'>{_num(area, 2)}</td>"
+            f"<td class='num' data-sort='{_sortnum(ink)}'>{ink_txt}</td>"
             f"<td>{link_html}</td></tr>")
     add(f"</tbody></table><script>{_SORT_JS}</script></body></html>\n")
     return "".join(parts)

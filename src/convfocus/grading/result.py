@@ -95,6 +95,10 @@ class SlideResult:
         The settings that change the outputs (model and its files' hash, pixel size and
         its source, profile, window, ...: :func:`convfocus.grading.scan.scan_settings`),
         recorded in summary.json so that a resumed batch can tell them apart.
+    tissue_mask, ink_mask
+        Thumbnail-sized bool masks (:func:`~convfocus.grading.tissue.tissue_and_ink`): the
+        tissue the grid was laid on, and the marker ink (and other colour that is not
+        stained tissue) left out of grading; ``None`` when not known.
 
     Raises
     ------
@@ -115,6 +119,8 @@ class SlideResult:
     profile: str = "histology"
     seconds: float = 0.0
     settings: Mapping[str, Any] = field(default_factory=dict)
+    tissue_mask: np.ndarray | None = field(default=None, repr=False)
+    ink_mask: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         check_classmap(self.classmap, num_classes=self.spec.num_classes)
@@ -131,6 +137,15 @@ class SlideResult:
         if not self.th_downsample > 0 or not self.slide.mpp > 0:
             raise ValueError("thumbnail downsample and pixel size must be > 0")
         get_profile(self.profile)
+        for name in ("tissue_mask", "ink_mask"):
+            m = getattr(self, name)
+            if m is None:
+                continue
+            m = np.asarray(m)
+            if m.shape != thumb.shape[:2]:
+                raise ValueError(f"{name} of shape {m.shape} does not fit the thumbnail "
+                                 f"{thumb.shape[:2]}")
+            object.__setattr__(self, name, _frozen(m.astype(bool, copy=False)))
         object.__setattr__(self, "classmap", _frozen(cm))
         object.__setattr__(self, "probs", _frozen(probs))
         object.__setattr__(self, "thumbnail", _frozen(thumb))
@@ -150,6 +165,35 @@ class SlideResult:
         """µm per pixel of the windows the model saw (the slide's own when ``native``)."""
         return self.slide.mpp if self.native else self.spec.mpp
 
+    @property
+    def cell_mm2(self) -> float:
+        """Slide area (mm²) one graded cell stands for: the stride square it owns."""
+        side_mm = self.grid.l0_stride_px * self.slide.mpp / 1000.0
+        return side_mm * side_mm
+
+    @property
+    def tissue_mm2(self) -> float:
+        """Graded tissue area (mm²): graded cells x :attr:`cell_mm2`."""
+        return len(self.cells) * self.cell_mm2
+
+    @property
+    def ink_mm2(self) -> float:
+        """Area (mm²) of the ink left out of grading, from the thumbnail mask (0 when
+        unknown)."""
+        if self.ink_mask is None:
+            return 0.0
+        px_mm = self.th_downsample * self.slide.mpp / 1000.0
+        return int(np.count_nonzero(self.ink_mask)) * px_mm * px_mm
+
+    @property
+    def ink_share(self) -> float:
+        """Share of the ink in the slide's tissue + ink, on the thumbnail (0 when unknown)."""
+        if self.ink_mask is None:
+            return 0.0
+        ink = int(np.count_nonzero(self.ink_mask))
+        tissue = 0 if self.tissue_mask is None else int(np.count_nonzero(self.tissue_mask))
+        return ink / (ink + tissue) if ink else 0.0
+
     @cached_property
     def regions(self) -> dict[str, Any]:
         """The connected OOF regions (class >= ``OOF_MIN_CLASS``) as GeoJSON
@@ -158,5 +202,7 @@ class SlideResult:
                            l0_dimensions=self.slide.dimensions)
 
     def verdict(self, profile: str | Profile | None = None) -> dict[str, Any]:
-        """Pass / review / rescan under ``profile`` (default: the result's own)."""
-        return slide_verdict(self.classmap, self.profile if profile is None else profile)
+        """Pass / review / rescan under ``profile`` (default: the result's own), or
+        no-tissue / insufficient-tissue (:func:`~convfocus.grading.regions.verdict`)."""
+        return slide_verdict(self.classmap, self.profile if profile is None else profile,
+                             cell_mm2=self.cell_mm2, ink_mm2=self.ink_mm2)

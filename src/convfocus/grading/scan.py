@@ -121,11 +121,13 @@ def grade_slide(
     with a grader (:func:`convfocus.grading.infer.load_grader`).
 
     ``opts.mpp``, when given, is the slide's level-0 pixel size (else the reader's).
-    ``progress(done, total)`` is called after each region. Raises
-    :class:`~convfocus.errors.NoTissueError` when there is nothing to grade.
+    ``progress(done, total)`` is called after each region. Marker ink is left out of the
+    tissue (:func:`~convfocus.grading.tissue.tissue_and_ink`); a slide with no tissue to
+    grade gives a result with no graded cell (its verdict: no-tissue). Raises
+    :class:`~convfocus.errors.NoTissueError` when the slide is smaller than one window.
     """
     from convfocus.grading.tiling import make_grid
-    from convfocus.grading.tissue import tissue_mask
+    from convfocus.grading.tissue import tissue_and_ink
 
     opts = opts or ScanOptions()
     t0 = time.perf_counter()
@@ -141,14 +143,12 @@ def grade_slide(
     w0, h0 = reader.dimensions
     thumb = reader.get_thumbnail(opts.thumbnail_px)
     th_ds = w0 / thumb.shape[1]
-    mask = tissue_mask(thumb)
+    mask, ink = tissue_and_ink(thumb)
     tgrid = make_grid(mask, th_ds, (w0, h0), window_l0_px=l0_win, stride_l0_px=l0_stride,
                       min_tissue=opts.min_tissue)
     if min(w0, h0) < l0_win:
         raise NoTissueError(
             f"slide ({w0}x{h0} px) is smaller than one window ({l0_win:.0f} px)", reader.path)
-    if len(tgrid) == 0:
-        raise NoTissueError("no tissue found (luma rule 0 < Y <= 0.8)", reader.path)
 
     grid = tgrid.geometry
     classmap = np.full(grid.shape, -1, np.int16)
@@ -200,7 +200,7 @@ def grade_slide(
                 "mpp": slide_mpp, "mpp_source": info.mpp_source}
     return SlideResult(info, spec, grid, classmap, probs, thumb, th_ds, native=opts.native,
                        profile=opts.profile, seconds=time.perf_counter() - t0,
-                       settings=settings)
+                       settings=settings, tissue_mask=mask, ink_mask=ink)
 
 
 def scan_settings(opts: ScanOptions, spec: Any, model_sha256: str | None) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from convfocus.io.atomic import write_atomic
 from convfocus.io.formats import mpp_plausible, read_head, sniff, tiff_mpp
 
 __all__ = [
+    "png_bytes",
     "read_image",
     "resize",
     "write_image",
@@ -201,17 +202,23 @@ def _as_image_array(img: np.ndarray, allow_alpha: bool) -> np.ndarray:
     return arr
 
 
-def write_png(path: str | os.PathLike[str], rgb_or_rgba: np.ndarray) -> Path:
-    """Write an RGB or RGBA (or gray) image as PNG, atomically. Returns the path."""
+def png_bytes(rgb_or_rgba: np.ndarray) -> bytes:
+    """An RGB or RGBA (or gray) image encoded as PNG."""
     arr = _as_image_array(rgb_or_rgba, allow_alpha=True)
     if arr.ndim == 3:
         code = cv2.COLOR_RGB2BGR if arr.shape[2] == 3 else cv2.COLOR_RGBA2BGRA
         arr = cv2.cvtColor(np.ascontiguousarray(arr), code)
     ok, buf = cv2.imencode(".png", arr)
     if not ok:  # pragma: no cover - cv2 fails only on invalid input, checked above
-        raise OutputError("PNG encoding failed", Path(path))
+        raise ValueError("PNG encoding failed")
+    return bytes(buf.tobytes())
+
+
+def write_png(path: str | os.PathLike[str], rgb_or_rgba: np.ndarray) -> Path:
+    """Write an RGB or RGBA (or gray) image as PNG, atomically. Returns the path."""
+    data = png_bytes(rgb_or_rgba)
     p = Path(path)
-    write_atomic(p, lambda tmp: tmp.write_bytes(buf.tobytes()), parents=True)
+    write_atomic(p, lambda tmp: tmp.write_bytes(data), parents=True)
     return p
 
 

@@ -1,7 +1,8 @@
 """Patches for human raters: random 40x tissue patches, the densest K per slide.
 
 From each slide, random ``patch_px`` x ``patch_px`` patches at the model's pixel size
-are drawn from tissue; the ``k`` with the lowest mean luma (the densest tissue) are
+are drawn from tissue (marker ink left out: it is dark, so the densest-first choice
+would take it first); the ``k`` with the lowest mean luma (the densest tissue) are
 written as PNG files with a manifest, for the rating workbench (``convfocus rate``).
 
 References: 300 x 300 px patches at 40x from the tissue mask; top 8 (Aperio AT2) or
@@ -23,7 +24,7 @@ import numpy as np
 
 from convfocus import MODEL_MPP
 from convfocus.errors import ConfigError, NoTissueError, OutputError, PixelSizeError
-from convfocus.grading.tissue import luma, tissue_mask, window_tissue_fraction
+from convfocus.grading.tissue import luma, tissue_and_ink, window_tissue_fraction
 from convfocus.io.atomic import write_text_atomic
 from convfocus.io.images import resize
 
@@ -163,7 +164,7 @@ def sample_slide(
                         "carry no 40x detail", path, slide_mpp, target_mpp)
         l0_patch_px = max(1, round(patch_px * target_mpp / slide_mpp))
         thumb = slide.get_thumbnail(thumbnail_px)
-        th_mask = np.asarray(tissue_mask(thumb), dtype=bool)
+        th_mask, _ink = tissue_and_ink(thumb)  # marker ink is not tissue to rate
         positions = candidate_positions(th_mask, slide.dimensions, l0_patch_px, n_candidates,
                                         rng, min_tissue=min_tissue)
         if not positions:

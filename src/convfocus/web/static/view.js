@@ -89,15 +89,30 @@
     if (l) add("Scan lanes", ...l);
     if (isNum(s.tissue_area_mm2)) add("Tissue area", `${s.tissue_area_mm2.toFixed(2)} mm²`);
     if (isNum(s.windows_graded)) add("Windows graded", fmt(s.windows_graded));
-    const oofShare = isNum(s.oof_share) ? s.oof_share : p.oof_share;
+    // the share the verdict counts: summary.json's oof_share is at the verdict profile's class
+    const v = obj(s.verdict);
+    const oofShare = "oof_share" in s ? s.oof_share : p.oof_share;  // null: no tissue graded
     const minCls = isNum(s.oof_min_class) ? s.oof_min_class : p.oof_min_class;
     if (isNum(oofShare)) {
-      add("Out of focus", `${pct(oofShare)} of tissue`, isNum(minCls) ? `class ≥ ${minCls}` : "");
+      const why = typeof v.profile === "string" ? `, as the ${v.profile} verdict counts` : "";
+      add("Out of focus", `${pct(oofShare)} of tissue`, isNum(minCls) ? `class ≥ ${minCls}${why}` : "");
     }
     const regions = obj(s.regions);
-    if (isNum(regions.count)) add("OOF regions", fmt(regions.count));
+    if (isNum(regions.count)) {
+      add("OOF regions", fmt(regions.count), isNum(regions.min_class) ? `class ≥ ${regions.min_class}` : "");
+    }
     if (isNum(s.mean_class)) add("Mean class", s.mean_class.toFixed(1));
+    if (isNum(s.ink_area_mm2) && s.ink_area_mm2 > 0) {
+      const share = isNum(s.ink_share) ? `${pct(s.ink_share)} of tissue + ink, ` : "";
+      add("Ink", `${s.ink_area_mm2 < 0.1 ? s.ink_area_mm2.toPrecision(2) : s.ink_area_mm2.toFixed(2)} mm²`,
+          `${share}not graded`);
+    }
     if (isNum(s.mpp)) add("Pixel size", `${s.mpp} µm/px`, mppSource(s.mpp_source));
+    const coarse = obj(s.coarse_slide);
+    if (typeof coarse.note === "string" && isNum(coarse.sharp_floor_class)) {
+      add("Coarse slide", `sharp tissue grades about class ${Math.round(coarse.sharp_floor_class)}`,
+          coarse.note);
+    }
     const m = obj(s.model);
     if (typeof m.name === "string") add("Model", m.name, m.version ? `version ${m.version}` : "");
     if (Array.isArray(s.dimensions) && s.dimensions.length === 2) {
