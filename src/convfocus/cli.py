@@ -122,8 +122,11 @@ def _add_scan(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=_positive_int, default=1, help="local worker processes")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="run the batch on a dask.distributed scheduler (tcp://host:port)")
-    p.add_argument("--resume", action="store_true", help="skip slides whose outputs are complete")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--resume", action="store_true",
+                   help="keep slides whose outputs are complete and were made with the same "
+                   "settings (summary.json 'settings'); rescan the others, saying why")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print only errors: no progress, no verdict lines, no summary line")
     p.set_defaults(func=_run_scan)
 
 

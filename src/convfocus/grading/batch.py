@@ -449,7 +449,7 @@ def run_batch(
     :class:`~convfocus.errors.Interrupted` is raised saying how many did.
     """
     out_root = Path(out_root)
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     ensure_output_root(out_root)
     remove_stale(out_root)  # folders and files that killed runs were writing or replacing
     progress = progress if progress is not None else Progress(len(jobs), quiet=quiet)
@@ -497,6 +497,11 @@ def run_batch(
                 record(i, scan_job(j, str(out_root), opts, progress=partial(progress.step, i)))
     except KeyboardInterrupt as exc:
         progress.close()
+        for i, j in todo:  # published by a worker that was stopped before it reported back
+            folder = output_dir(j.path, out_root)
+            if i not in results and is_complete(folder) and (
+                    (folder / "summary.json").stat().st_mtime >= started):
+                results[i] = JobResult(j.path, "done", folder)
         raise _interrupted(exc, out_root, results, len(jobs)) from None
     except BaseException:
         progress.close()
@@ -520,9 +525,13 @@ def _interrupted(
     signum = getattr(exc, "signum", signal.SIGINT)
     remove_stale(out_root)  # the workers are gone: their temporary folders go too
     finished = [results[i] for i in sorted(results)]
-    scanned = sum(r.status == "done" for r in finished)
-    text = (f"{scanned} of {total} slide{'s' if total != 1 else ''} scanned before it, "
-            f"{total - len(finished)} not")
+    count = {k: sum(r.status == k for r in finished) for k in ("done", "failed", "skipped")}
+    text = f"{count['done']} of {total} slide{'s' if total != 1 else ''} scanned"
+    if count["failed"]:
+        text += f", {count['failed']} failed"
+    if count["skipped"]:
+        text += f", {count['skipped']} kept from an earlier scan"
+    text += f", {total - len(finished)} not scanned"
     if finished:
         try:
             write_index(out_root, finished)
@@ -534,19 +543,19 @@ def _interrupted(
 
 # --- local worker processes ---------------------------------------------------------------------
 
-#: In a worker process: the queue its slides' progress goes to (set by ``_worker_init``).
-_PROGRESS_QUEUE: Any = None
+#: In a worker process: the pipe its slides' progress goes to (set by ``_worker_init``).
+_PROGRESS_PIPE: Any = None
 
 
-def _worker_init(parent_pid: int, queue: Any) -> None:
+def _worker_init(parent_pid: int, pipe: Any) -> None:
     """Each worker: Ctrl-C is the parent's to handle (it stops the workers), and a worker
     whose parent is gone (killed outright) exits instead of scanning on."""
-    global _PROGRESS_QUEUE
+    global _PROGRESS_PIPE
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if hasattr(signal, "pthread_sigmask"):  # blocked by the parent while it started us
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-    _PROGRESS_QUEUE = queue
+    _PROGRESS_PIPE = pipe
 
     def watch() -> None:
         while os.getppid() == parent_pid:
@@ -557,29 +566,37 @@ def _worker_init(parent_pid: int, queue: Any) -> None:
 
 
 def _pool_job(i: int, job: SlideJob, out_root: str, opts: ScanOptions) -> JobResult:
-    """:func:`scan_job` in a worker process, its progress sent to the parent."""
-    queue = _PROGRESS_QUEUE
+    """:func:`scan_job` in a worker process, its progress sent to the parent.
+
+    The messages are a few bytes, each written to the pipe in one piece (atomic below
+    PIPE_BUF), so the workers share the pipe without a lock that a stopped worker could
+    leave held.
+    """
+    pipe = _PROGRESS_PIPE
     last = [0.0]
+
+    def send(msg: tuple[int, int, int]) -> None:
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.send(msg)
 
     def step(done: int, total: int) -> None:
         now = time.monotonic()
-        if queue is not None and (done == total or now - last[0] >= 0.25):
+        if done == total or now - last[0] >= 0.25:
             last[0] = now
-            queue.put((i, done, total))
+            send((i, done, total))
 
-    if queue is not None:
-        queue.put((i, 0, 0))  # started
+    send((i, 0, 0))  # started
     return scan_job(job, out_root, opts, progress=step)
 
 
-def _relay_progress(queue: Any, progress: Progress, names: dict[int, str],
+def _relay_progress(pipe: Any, progress: Progress, names: dict[int, str],
                     stop: threading.Event) -> None:
     while not stop.is_set():
         try:
-            if queue.empty():
-                stop.wait(0.05)
+            if not pipe.poll(0.05):
                 continue
-            i, done, total = queue.get()
+            i, done, total = pipe.recv()
         except (EOFError, OSError, ValueError):
             return
         if total == 0:
@@ -596,13 +613,13 @@ def _run_processes(todo, out_root: Path, opts: ScanOptions, workers: int, record
     ctx = mp.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // workers)
     o = replace(opts, threads=opts.threads or threads, read_threads=1)
-    queue = ctx.SimpleQueue()
+    receive, send = ctx.Pipe(duplex=False)
     stop = threading.Event()
     names = {i: output_dir(j.path, out_root).name for i, j in todo}
-    relay = threading.Thread(target=_relay_progress, args=(queue, progress, names, stop),
+    relay = threading.Thread(target=_relay_progress, args=(receive, progress, names, stop),
                              daemon=True, name="convfocus-progress-relay")
     ex = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
-                             initargs=(os.getpid(), queue))
+                             initargs=(os.getpid(), send))
     futs: dict[Any, tuple[int, SlideJob]] = {}
     seen: set[int] = set()
     try:
@@ -630,6 +647,10 @@ def _run_processes(todo, out_root: Path, opts: ScanOptions, workers: int, record
     finally:
         stop.set()
         ex.shutdown(wait=True, cancel_futures=True)
+        if relay.is_alive():
+            relay.join(timeout=1)
+        receive.close()
+        send.close()
 
 
 @contextlib.contextmanager
