@@ -104,6 +104,25 @@ def test_selected_windows_only(random_model: Path, regions: np.ndarray) -> None:
         grader.prepare(regions[0], select=select[1:])
 
 
+def test_windows_split_over_single_threaded_sessions_grade_bit_for_bit_alike(
+        random_model: Path, regions: np.ndarray) -> None:
+    """Windows graded alone go to one single-threaded session per thread, a share of the
+    batch each: the logits do not depend on how the batch was split (3 sessions, 81 + 37
+    windows: uneven shares), nor on selecting windows or converting them ahead."""
+    one = load_grader(random_model, threads=1)
+    three = load_grader(random_model, threads=3)
+    select = np.random.default_rng(1).random((CELLS, CELLS)) < 0.45
+    for g in (one, three):
+        assert not g.dense
+    ref = one.logits_region(regions)
+    np.testing.assert_array_equal(three.logits_region(regions), ref)
+    part = three.logits_region(three.prepare(regions[1], select=select))
+    np.testing.assert_array_equal(part[0][select], ref[1][select])
+    wins = _windows(regions[2])
+    np.testing.assert_array_equal(three.predict_windows(wins, batch=37),
+                                  one.predict_windows(wins))
+
+
 def test_dense_pass_matches_windows_alone_random_weights(random_model: Path,
                                                          regions: np.ndarray) -> None:
     """Random weights give nearly flat probabilities (top class about 0.06), so two classes
@@ -169,8 +188,56 @@ def test_grader_without_folding_gives_the_same_probabilities(
         raise ModelError("not foldable")
 
     monkeypatch.setattr("convfocus.grading.modelfile.fold_normalisation", refuse)
-    plain = load_grader(random_model).predict_region(regions[:1, :523, :523])
-    assert np.abs(folded - plain).max() < 1e-4
+    monkeypatch.setattr("convfocus.grading.modelfile.fold_normalisation_bytes", refuse)
+    plain = load_grader(random_model)
+    assert plain._prepare == plain._normalise  # the graph's own input: normalised floats
+    assert np.abs(folded - plain.predict_region(regions[:1, :523, :523])).max() < 1e-4
+
+
+def test_folding_on_the_bytes_gives_the_onnx_folded_graph(random_model: Path,
+                                                          regions: np.ndarray) -> None:
+    """The fp32 graph is folded on its serialised bytes (no ``onnx`` import at a scan's
+    start): a valid graph, input ``rgb``, the same logits bit for bit as
+    :func:`fold_normalisation`'s; folding twice changes nothing; the same refusals."""
+    import onnx
+    import onnxruntime as ort
+
+    from convfocus.grading.modelfile import fold_normalisation_bytes
+
+    spec = load_spec(random_model)
+    data = random_model.with_suffix(".onnx").read_bytes()
+    folded = fold_normalisation_bytes(data, spec)
+    graph = onnx.load_from_string(folded)
+    onnx.checker.check_model(graph)
+    assert [i.name for i in graph.graph.input] == ["rgb"]
+    assert fold_normalisation_bytes(folded, spec) == folded
+    x = np.ascontiguousarray(regions[:2, :523, :523].transpose(0, 3, 1, 2), np.float32)
+    ref = fold_normalisation(onnx.load_from_string(data), spec).SerializeToString()
+    a = ort.InferenceSession(folded).run(None, {"rgb": x})[0]
+    b = ort.InferenceSession(ref).run(None, {"rgb": x})[0]
+    np.testing.assert_array_equal(a, b)
+    padded = onnx.load_from_string(data)
+    padded.graph.node[0].attribute.append(onnx.helper.make_attribute("pads", [1, 1, 1, 1]))
+    with pytest.raises(ModelError):
+        fold_normalisation_bytes(padded.SerializeToString(), spec)
+    with pytest.raises(ModelError):
+        fold_normalisation_bytes(data[: len(data) // 2], spec)
+
+
+def test_loading_the_fp32_grader_imports_no_onnx(random_model: Path, tmp_path: Path) -> None:
+    """``import onnx`` costs about 0.65 CPU-s (ml_dtypes) at every scan's start: the fp32
+    grader loads without it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np\n"
+            "from convfocus.grading import infer\n"
+            f"g = infer.load_grader({str(random_model)!r})\n"
+            "g.predict_region(np.full((267, 267, 3), 200, np.uint8))\n"
+            "print(sorted(m for m in ('onnx', 'ml_dtypes') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=tmp_path)
+    assert out.stdout.strip() == "[]", out.stderr
 
 
 def test_prepared_regions_give_the_same_result(random_model: Path, regions: np.ndarray) -> None:

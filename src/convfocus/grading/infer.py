@@ -8,18 +8,21 @@ normalisation) come from the model's spec, never from guesses.
 A region (``stride * rows + window - stride`` px a side) is graded in one of two ways:
 its windows cut out and graded as one batch, exactly as the model was trained (the
 default), or ``dense``: one pass of the conv stack over the whole region, each window's
-logits pooled from it. The dense pass does about 15 % less arithmetic for a full region
-but is not exact: inside a region the SAME-padded third convolution sees the neighbouring
-window's features where a window graded alone sees zeros, which moves probabilities by up
-to a few hundredths and, where the top classes are nearly tied, the class. A scan cuts
-out only its tissue windows, so the dense pass gains only a few % there
-(docs/performance.md has the figures).
+logits pooled from it. The dense pass does about 9 % less arithmetic for a full region
+(20.6 M multiply-adds a window against 22.7 M) but is not exact: inside a region the
+SAME-padded third convolution sees the neighbouring window's features where a window
+graded alone sees zeros, which moves probabilities by up to a few hundredths and, where
+the top classes are nearly tied, the class. A scan cuts out only its tissue windows, and
+windows graded alone run on one single-threaded session per core, so the dense pass gains
+little or nothing there (docs/performance.md has the figures).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,24 +42,35 @@ BACKENDS = ("auto", "onnx")
 
 
 def _rgb_nchw_float(x_uint8: np.ndarray) -> np.ndarray:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 0..255, one pass (the input of a graph
-    with the normalisation folded into its first convolution)."""
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 0..255 (the input of a graph with the
+    normalisation folded into its first convolution)."""
+    import cv2
+
     n, h, w, c = x_uint8.shape
     out = np.empty((n, c, h, w), np.float32)
-    for i in range(c):  # plane by plane: twice as fast as one transposing copy
-        out[:, i] = x_uint8[..., i]
+    for k in range(n):
+        # OpenCV's de-interleaving, then contiguous uint8 -> float: 1.6x faster than
+        # converting each strided colour plane (docs/performance.md)
+        for i, plane in enumerate(cv2.split(np.ascontiguousarray(x_uint8[k]))):
+            out[k, i] = plane
     return out
 
 
-def _windows_rgb_nchw_float(x_uint8: np.ndarray, win: int, stride: int) -> np.ndarray:
-    """(N, H, W, 3) uint8 regions -> (N * rows * cols, 3, win, win) float32 0..255: every
-    window cut out and converted in one copy per colour plane."""
+def _windows_rgb_nchw_float(
+    x_uint8: np.ndarray, win: int, stride: int, select: np.ndarray | None = None
+) -> np.ndarray:
+    """(N, H, W, 3) uint8 regions -> (n, 3, win, win) float32 0..255: every window (or, for
+    one region, those where ``select`` (rows, cols) is True) cut out in row-major order.
+
+    The windows are gathered as uint8, then converted in one contiguous pass: half the
+    CPU time of converting each strided colour plane (docs/performance.md).
+    """
     v = window_view(x_uint8, win, stride)  # (N, rows, cols, 3, win, win)
-    n, rows, cols, c = v.shape[:4]
-    out = np.empty((n, rows, cols, c, win, win), np.float32)
-    for i in range(c):
-        out[:, :, :, i] = v[:, :, :, i]
-    return out.reshape(n * rows * cols, c, win, win)
+    if select is None:
+        select = np.ones(v.shape[:3], bool)
+    elif select.ndim == 2:
+        select = select[None]
+    return v[select].astype(np.float32)
 
 
 class PreparedRegion:
@@ -92,16 +106,17 @@ class Grader:
         prepare_windows=None, run_windows=None, precision: str = "fp32", dense: bool = False,
     ) -> None:
         self.spec = spec
-        # run: prepare(x) -> logits (N, 30, rows, cols), prepare_windows(x) -> logits
-        # (N * rows * cols, 30, 1, 1); prepare: uint8 (N, H, W, 3) -> the runtime's input
-        # (default: float32 (N, 3, H, W) normalised); prepare_windows: the same regions ->
-        # the runtime's input holding each window alone (default: cut, then ``prepare``),
-        # which run_windows (default: run) grades
+        # run: prepare(x) -> logits (N, 30, rows, cols), prepare_windows(x, select) -> logits
+        # (n, 30, 1, 1); prepare: uint8 (N, H, W, 3) -> the runtime's input (default:
+        # float32 (N, 3, H, W) normalised); prepare_windows(x, select): the same regions ->
+        # the runtime's input holding each window alone, all of them or those of one
+        # region where select (rows, cols) is True, row-major (default: cut, then
+        # ``prepare``), which run_windows (default: run) grades
         self._run = run
         self._run_windows = run_windows if run_windows is not None else run
         self._prepare = prepare if prepare is not None else self._normalise
         self._prepare_windows = prepare_windows if prepare_windows is not None else (
-            lambda x: self._prepare(cut_windows(x, spec.window_px, spec.stride_px)))
+            self._cut_and_prepare)
         self.backend = backend
         self.device = device
         self.precision = precision
@@ -109,6 +124,10 @@ class Grader:
         self._mean = np.asarray(spec.mean, np.float32).reshape(1, 3, 1, 1)
         self._scale = (1.0 / (255.0 * np.asarray(spec.std, np.float32))).reshape(1, 3, 1, 1)
         self._mean_scaled = self._mean / np.asarray(spec.std, np.float32).reshape(1, 3, 1, 1)
+
+    def _cut_and_prepare(self, x: np.ndarray, select: np.ndarray | None) -> Any:
+        wins = cut_windows(x, self.spec.window_px, self.spec.stride_px)  # row-major
+        return self._prepare(wins if select is None else wins[select.ravel()])
 
     def _normalise(self, x_uint8: np.ndarray) -> np.ndarray:
         # (N, H, W, 3) uint8 -> (N, 3, H, W) float32
@@ -135,12 +154,10 @@ class Grader:
         if select is not None and select.any() and not select.all():
             if select.shape != grid[1:] or grid[0] != 1:
                 raise ConfigError(f"select must be {grid[1:]} for one region, got {select.shape}")
-            wins = np.ascontiguousarray(window_view(x, win, stride)[0][select].transpose(
-                0, 2, 3, 1))  # (n, win, win, 3)
-            return PreparedRegion(self._prepare(wins), x.shape, region.ndim == 4, dense=False,
-                                  grid=grid, select=select)
-        return PreparedRegion(self._prepare_windows(x), x.shape, region.ndim == 4, dense=False,
-                              grid=grid)
+            return PreparedRegion(self._prepare_windows(x, select), x.shape, region.ndim == 4,
+                                  dense=False, grid=grid, select=select)
+        return PreparedRegion(self._prepare_windows(x, None), x.shape, region.ndim == 4,
+                              dense=False, grid=grid)
 
     def logits_region(self, region: np.ndarray | PreparedRegion) -> np.ndarray:
         """Logits of every window of one or more regions: (H, W, 3) or (N, H, W, 3) uint8
@@ -242,7 +259,11 @@ def _session(graph: bytes | str, path: Path, device: str, threads: int | None) -
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads or (os.cpu_count() or 1)
     so.inter_op_num_threads = 1
+    # ENABLE_ALL: the NCHWc layout for AVX2/AVX-512 convolutions (2.4x faster than EXTENDED)
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # the arena stays (without it 2x slower: fresh pages every run); no memory pattern: region
+    # shapes vary, a pattern per shape only holds memory (45-130 MB less, same speed)
+    so.enable_mem_pattern = False
     # no busy-waiting between runs: the cores go to tile decoding meanwhile
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else [
@@ -264,55 +285,103 @@ def _onnx_grader(
     """ONNX Runtime on ``NAME.onnx``, with the input normalisation folded into the first
     convolution when the graph allows (one pass uint8 -> float32 instead of three);
     ``fp16``: the graph in half precision. ``fallback``: run on the CPU where CUDA was
-    asked for but does not start (``--device auto``)."""
-    import onnx
+    asked for but does not start (``--device auto``).
 
+    The fp32 graph is folded on its bytes (:func:`~convfocus.grading.modelfile.
+    fold_normalisation_bytes`): the ``onnx`` package, 0.65 CPU-s to import, is imported
+    only for fp16 and for graphs of another form."""
     from convfocus.grading.modelfile import (
         ONNX_INPUT_NORMALISED,
         ONNX_INPUT_RGB,
         fold_normalisation,
+        fold_normalisation_bytes,
         to_fp16,
     )
 
     if not path.is_file():
         raise ModelError("no ONNX graph beside the model (training exports NAME.onnx)", path)
     try:
-        graph = onnx.load(str(path))
-    except Exception as exc:  # noqa: BLE001 - OSError, protobuf's DecodeError
-        raise ModelError(f"ONNX graph does not load: {exc}", path) from None
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"ONNX graph does not load: {exc.strerror or exc}", path) from None
     try:
-        folded: Any = fold_normalisation(graph, spec)
-    except ModelError as exc:
-        log.info("normalisation not folded into %s (%s)", path.name, exc.message)
-        folded = None
+        model: bytes | None = fold_normalisation_bytes(data, spec)
+    except ModelError:
+        model = None
     prepare_windows = None
-    if folded is not None:
-        graph, name, prepare = folded, ONNX_INPUT_RGB, _rgb_nchw_float
+    name, prepare = ONNX_INPUT_RGB, _rgb_nchw_float  # type: str, Any
+    if model is None or fp16:
+        import onnx
+
+        try:
+            graph = onnx.load_from_string(data if model is None else model)
+        except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and others
+            raise ModelError(f"ONNX graph does not load: {exc}", path) from None
+        if model is None:
+            try:
+                graph = fold_normalisation(graph, spec)
+            except ModelError as exc:
+                log.info("normalisation not folded into %s (%s)", path.name, exc.message)
+                name, prepare = ONNX_INPUT_NORMALISED, None
+        if fp16:
+            graph = to_fp16(graph)
+        model = graph.SerializeToString()
+    if prepare is not None:
         prepare_windows = _windows_prepare(spec)
-    else:
-        name, prepare = ONNX_INPUT_NORMALISED, None
-    if fp16:
-        graph = to_fp16(graph)
-    model = graph.SerializeToString()
     try:
-        sess = _session(model, path, device, threads)
+        sessions = _sessions(model, path, device, threads, dense)
     except ConfigError as exc:
         if not (fallback and device == "cuda"):
             raise
         log.warning("%s; grading on the CPU", exc.message)
         device = "cpu"
-        sess = _session(model, path, device, threads)
+        sessions = _sessions(model, path, device, threads, dense)
+    return Grader(spec, _batch_runner(sessions, name), "onnx", device, prepare=prepare,
+                  prepare_windows=prepare_windows, precision="fp16" if fp16 else "fp32",
+                  dense=dense)
+
+
+def _sessions(
+    graph: bytes | str, path: Path, device: str, threads: int | None, dense: bool
+) -> list[Any]:
+    """The sessions a grader runs: on the CPU, windows graded alone (not ``dense``) go to
+    one single-threaded session per core, a share of the batch each; otherwise one session
+    with ``threads`` threads."""
+    n = threads or (os.cpu_count() or 1)
+    if device != "cpu" or dense or n == 1:
+        return [_session(graph, path, device, threads)]
+    return [_session(graph, path, device, 1) for _ in range(n)]
+
+
+def _batch_runner(sessions: list[Any], input_name: str):  # type: ignore[no-untyped-def]
+    """``run(x) -> logits`` over one session, or with the batch axis of ``x`` split over
+    several sessions run at once (each image's logits do not depend on its batch: the
+    same result, bit for bit). Several single-threaded sessions grade 5-10 % more per
+    CPU-second than one session with as many threads, more on a loaded machine, where one
+    preempted thread stalls the others at every operator (docs/performance.md)."""
+    first = sessions[0]
+    if len(sessions) == 1:
+        def run_one(x: np.ndarray) -> np.ndarray:
+            return first.run(["logits"], {input_name: x})[0]
+
+        return run_one
+    pool = ThreadPoolExecutor(len(sessions) - 1, thread_name_prefix="cf-onnx")
 
     def run(x: np.ndarray) -> np.ndarray:
-        return sess.run(["logits"], {name: x})[0]
+        cuts = np.linspace(0, len(x), len(sessions) + 1).round().astype(int)
+        futures = [pool.submit(s.run, ["logits"], {input_name: x[a:b]})
+                   for s, a, b in zip(sessions[1:], cuts[1:-1], cuts[2:]) if b > a]
+        parts = [first.run(["logits"], {input_name: x[: cuts[1]]})[0]] if cuts[1] else []
+        parts += [f.result()[0] for f in futures]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    return Grader(spec, run, "onnx", device, prepare=prepare, prepare_windows=prepare_windows,
-                  precision="fp16" if fp16 else "fp32", dense=dense)
+    weakref.finalize(run, pool.shutdown, wait=False)
+    return run
 
 
 def _windows_prepare(spec: ModelSpec):  # type: ignore[no-untyped-def]
-    def prepare_windows(x: np.ndarray) -> np.ndarray:
-        return _windows_rgb_nchw_float(x, spec.window_px, spec.stride_px)
+    def prepare_windows(x: np.ndarray, select: np.ndarray | None) -> np.ndarray:
+        return _windows_rgb_nchw_float(x, spec.window_px, spec.stride_px, select)
 
     return prepare_windows
 
@@ -337,10 +406,6 @@ def _int8_grader(
         except (OSError, OutputError):  # a read-only folder
             with tempfile.TemporaryDirectory(prefix="convfocus-int8-") as tmpd:
                 graph = quantize_onnx(base, out=Path(tmpd) / path.name).read_bytes()
-    sess = _session(graph, path, "cpu", threads)
-
-    def run(x: np.ndarray) -> np.ndarray:
-        return sess.run(["logits"], {ONNX_INPUT_RGB: x})[0]
-
+    run = _batch_runner(_sessions(graph, path, "cpu", threads, dense), ONNX_INPUT_RGB)
     return Grader(spec, run, "onnx", "cpu", prepare=_rgb_nchw_float,
                   prepare_windows=_windows_prepare(spec), precision="int8", dense=dense)

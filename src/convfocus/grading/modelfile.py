@@ -189,14 +189,11 @@ def fold_normalisation(graph: Any, spec: ModelSpec) -> Any:
         raise ModelError("the first convolution's bias is not a constant")
     b = (numpy_helper.to_array(inits[bias_name]).astype(np.float64) if bias_name
          else np.zeros(w.shape[0]))
-    std = np.asarray(spec.std, np.float64)
-    mean = np.asarray(spec.mean, np.float64)
-    w_rgb = w / (255.0 * std)[None, :, None, None]
-    b_rgb = b - (w * (mean / std)[None, :, None, None]).sum(axis=(1, 2, 3))
+    w_rgb, b_rgb = _folded_weights(w, b, spec)
     # fresh initializer names: the originals may be shared with other nodes
     wn, bn = conv.input[1] + "_rgb", (bias_name or "conv0_bias") + "_rgb"
-    gi.initializer.extend([numpy_helper.from_array(w_rgb.astype(np.float32), wn),
-                           numpy_helper.from_array(b_rgb.astype(np.float32), bn)])
+    gi.initializer.extend([numpy_helper.from_array(w_rgb, wn),
+                           numpy_helper.from_array(b_rgb, bn)])
     old = [n for n in conv.input[1:] if n]
     del conv.input[:]
     conv.input.extend([ONNX_INPUT_RGB, wn, bn])
@@ -206,6 +203,226 @@ def fold_normalisation(graph: Any, spec: ModelSpec) -> Any:
     gi.initializer.extend(keep)
     gi.input[0].name = ONNX_INPUT_RGB
     return g
+
+
+def _folded_weights(w: Any, b: Any, spec: ModelSpec) -> tuple[Any, Any]:
+    """Weights (out, 3, k, k) and bias (out,) of a convolution on ``(x / 255 - mean) / std``
+    -> the same convolution on ``x`` (float64 arithmetic, float32 results)."""
+    import numpy as np
+
+    w = np.asarray(w, np.float64)
+    std = np.asarray(spec.std, np.float64)
+    mean = np.asarray(spec.mean, np.float64)
+    w_rgb = w / (255.0 * std)[None, :, None, None]
+    b_rgb = np.asarray(b, np.float64) - (w * (mean / std)[None, :, None, None]).sum(
+        axis=(1, 2, 3))
+    return w_rgb.astype(np.float32), b_rgb.astype(np.float32)
+
+
+# Field numbers of onnx.proto (unchanged since IR version 3) that the folding reads or writes.
+_MODEL_GRAPH = 7
+_GRAPH_NODE, _GRAPH_INITIALIZER, _GRAPH_INPUT = 1, 5, 11
+_NODE_INPUT, _NODE_OP_TYPE, _NODE_ATTRIBUTE, _NODE_DOMAIN = 1, 4, 5, 7
+_ATTR_NAME, _ATTR_I, _ATTR_S, _ATTR_INTS = 1, 3, 4, 8
+_TENSOR_DIMS, _TENSOR_TYPE, _TENSOR_FLOATS, _TENSOR_NAME, _TENSOR_RAW = 1, 2, 4, 8, 9
+_TENSOR_SEGMENT, _TENSOR_EXTERNAL, _TENSOR_LOCATION = 3, 13, 14
+_FLOAT = 1  # TensorProto.FLOAT
+
+
+def fold_normalisation_bytes(data: bytes, spec: ModelSpec) -> bytes:
+    """:func:`fold_normalisation` on a serialised graph, without the ``onnx`` package.
+
+    Importing ``onnx`` costs about 0.65 CPU-seconds (its ``ml_dtypes`` extension) at the
+    start of every scan; this reads and rewrites the few fields involved in protobuf's wire
+    format instead. The result takes float32 RGB in 0..255 as ``rgb`` and grades as
+    :func:`fold_normalisation`'s does (the same float32 weights; the first convolution's
+    initializers keep their names). Raises :class:`ModelError` where that function would,
+    and also where the graph's form is one only the ``onnx`` route handles (a convolution
+    without bias, weights shared with other nodes or stored outside the file).
+    """
+    model = _pb_fields(data)
+    graphs = [f for f in model if f[0] == _MODEL_GRAPH and f[1] == 2]
+    if len(graphs) != 1:
+        raise ModelError("the ONNX file holds no graph")
+    graph = _pb_fields(graphs[0][2])
+    inputs = [_pb_str(_pb_first(_pb_fields(f[2]), _ATTR_NAME, b""))
+              for f in graph if f[0] == _GRAPH_INPUT]
+    if ONNX_INPUT_RGB in inputs:
+        return data
+    if inputs != [ONNX_INPUT_NORMALISED]:
+        raise ModelError(f"ONNX graph inputs {inputs} are not [{ONNX_INPUT_NORMALISED!r}]")
+    nodes = [(i, _pb_fields(f[2])) for i, f in enumerate(graph) if f[0] == _GRAPH_NODE]
+    node_inputs = {i: [_pb_str(v) for k, _, v, _ in n if k == _NODE_INPUT] for i, n in nodes}
+    users = [(i, n) for i, n in nodes if ONNX_INPUT_NORMALISED in node_inputs[i]]
+    if len(users) != 1:
+        raise ModelError("the graph's input does not feed one unpadded convolution")
+    conv_at, conv = users[0]
+    attrs = {_pb_str(_pb_first(a, _ATTR_NAME, b"")): a
+             for a in (_pb_fields(v) for k, _, v, _ in conv if k == _NODE_ATTRIBUTE)}
+    pads = _pb_ints(attrs["pads"]) if "pads" in attrs else []
+    auto_pad = _pb_first(attrs["auto_pad"], _ATTR_S, b"") if "auto_pad" in attrs else b"NOTSET"
+    group = _pb_int(_pb_first(attrs["group"], _ATTR_I, 1)) if "group" in attrs else 1
+    op = _pb_str(_pb_first(conv, _NODE_OP_TYPE, b""))
+    domain = _pb_str(_pb_first(conv, _NODE_DOMAIN, b""))
+    names = node_inputs[conv_at]
+    if (op != "Conv" or domain not in ("", "ai.onnx") or names[0] != ONNX_INPUT_NORMALISED
+            or any(pads) or auto_pad not in (b"NOTSET", b"VALID") or group != 1):
+        raise ModelError("the graph's input does not feed one unpadded convolution")
+    if len(names) < 3 or not names[2]:
+        raise ModelError("the first convolution has no bias")  # the onnx route adds one
+    if any(name in node_inputs[i] for i, _ in nodes if i != conv_at for name in names[1:3]):
+        raise ModelError("the first convolution's weights are shared with other nodes")
+    tensors = {}
+    for i, f in enumerate(graph):
+        if f[0] == _GRAPH_INITIALIZER:
+            t = _pb_fields(f[2])
+            name = _pb_str(_pb_first(t, _TENSOR_NAME, b""))
+            if name in names[1:3]:
+                tensors[name] = (i, _pb_floats(t))
+    if set(tensors) != set(names[1:3]):
+        raise ModelError("the first convolution's weights are not constants")
+    w, b = tensors[names[1]][1], tensors[names[2]][1]
+    if w.ndim != 4 or w.shape[1] != 3 or b.shape != (w.shape[0],):
+        raise ModelError(f"the first convolution's weights {w.shape} do not take RGB")
+    w_rgb, b_rgb = _folded_weights(w, b, spec)
+    new = {tensors[names[1]][0]: _pb_tensor(names[1], w_rgb),
+           tensors[names[2]][0]: _pb_tensor(names[2], b_rgb),
+           conv_at: _pb_message([(k, wt, ONNX_INPUT_RGB.encode() if k == _NODE_INPUT and bytes(
+               v) == ONNX_INPUT_NORMALISED.encode() else v) for k, wt, v, _ in conv])}
+    for i, f in enumerate(graph):
+        if f[0] == _GRAPH_INPUT:
+            new[i] = _pb_message([(k, wt, ONNX_INPUT_RGB.encode() if k == _ATTR_NAME else v)
+                                  for k, wt, v, _ in _pb_fields(f[2])])
+    graph_bytes = b"".join(_pb_len(f[0], new[i]) if i in new else f[3]
+                           for i, f in enumerate(graph))
+    return b"".join(_pb_len(_MODEL_GRAPH, graph_bytes) if f is graphs[0] else f[3]
+                    for f in model)
+
+
+def _pb_varint(buf: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= len(buf) or shift > 63:
+            raise ModelError("unreadable ONNX graph (protobuf cut short)")
+        byte = buf[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i
+        shift += 7
+
+
+def _pb_fields(buf: bytes) -> list[tuple[int, int, Any, bytes]]:
+    """A protobuf message's fields in order: (number, wire type, value, bytes as written);
+    values are ints for varints, bytes otherwise."""
+    out = []
+    i = 0
+    while i < len(buf):
+        start = i
+        key, i = _pb_varint(buf, i)
+        number, wire = key >> 3, key & 7
+        value: Any
+        if wire == 0:
+            value, i = _pb_varint(buf, i)
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            value, i = buf[i : i + size], i + size
+        elif wire == 2:
+            size, i = _pb_varint(buf, i)
+            value, i = buf[i : i + size], i + size
+        else:
+            raise ModelError(f"unreadable ONNX graph (protobuf wire type {wire})")
+        if i > len(buf):
+            raise ModelError("unreadable ONNX graph (protobuf cut short)")
+        out.append((number, wire, value, buf[start:i]))
+    return out
+
+
+def _pb_first(fields: list[tuple[int, int, Any, bytes]], number: int, default: Any) -> Any:
+    return next((v for k, _, v, _ in fields if k == number), default)
+
+
+def _pb_str(value: Any) -> str:
+    return bytes(value).decode("utf-8", "replace")
+
+
+def _pb_int(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value  # int64 two's complement
+
+
+def _pb_ints(attr: list[tuple[int, int, Any, bytes]]) -> list[int]:
+    out = []
+    for k, wire, v, _ in attr:
+        if k != _ATTR_INTS:
+            continue
+        if wire == 0:
+            out.append(_pb_int(v))
+        else:  # packed
+            i = 0
+            while i < len(v):
+                x, i = _pb_varint(v, i)
+                out.append(_pb_int(x))
+    return out
+
+
+def _pb_floats(tensor: list[tuple[int, int, Any, bytes]]) -> Any:
+    """A float32 TensorProto's values as a float64 array of its shape."""
+    import numpy as np
+
+    numbers = {k for k, _, _, _ in tensor}
+    if _pb_first(tensor, _TENSOR_TYPE, 0) != _FLOAT or numbers & {
+            _TENSOR_SEGMENT, _TENSOR_EXTERNAL, _TENSOR_LOCATION}:
+        raise ModelError("the first convolution's weights are not float32 in the file")
+    dims = []
+    for k, wire, v, _ in tensor:
+        if k == _TENSOR_DIMS:
+            dims += [_pb_int(v)] if wire == 0 else _pb_ints([(_ATTR_INTS, 2, v, b"")])
+    raw = _pb_first(tensor, _TENSOR_RAW, None)
+    if raw is not None:
+        values = np.frombuffer(raw, "<f4")
+    else:
+        values = np.concatenate([np.frombuffer(v, "<f4") for k, _, v, _ in tensor
+                                 if k == _TENSOR_FLOATS] or [np.zeros(0, np.float32)])
+    if values.size != int(np.prod(dims)):
+        raise ModelError("the first convolution's weights do not match their shape")
+    return values.astype(np.float64).reshape(dims)
+
+
+def _pb_key(number: int, wire: int) -> bytes:
+    return _pb_encode_varint(number << 3 | wire)
+
+
+def _pb_encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | 0x80 if value else byte)
+        if not value:
+            return bytes(out)
+
+
+def _pb_len(number: int, payload: bytes) -> bytes:
+    return _pb_key(number, 2) + _pb_encode_varint(len(payload)) + payload
+
+
+def _pb_message(fields: list[tuple[int, int, Any]]) -> bytes:
+    out = []
+    for k, wire, v in fields:
+        if wire == 0:
+            out.append(_pb_key(k, 0) + _pb_encode_varint(v))
+        elif wire == 2:
+            out.append(_pb_len(k, bytes(v)))
+        else:
+            out.append(_pb_key(k, wire) + bytes(v))
+    return b"".join(out)
+
+
+def _pb_tensor(name: str, values: Any) -> bytes:
+    """A float32 TensorProto: dims, data type, name, raw data (little-endian)."""
+    return (b"".join(_pb_key(_TENSOR_DIMS, 0) + _pb_encode_varint(d) for d in values.shape)
+            + _pb_key(_TENSOR_TYPE, 0) + _pb_encode_varint(_FLOAT)
+            + _pb_len(_TENSOR_NAME, name.encode())
+            + _pb_len(_TENSOR_RAW, values.astype("<f4").tobytes()))
 
 
 def to_fp16(graph: Any) -> Any:
