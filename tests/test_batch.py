@@ -446,6 +446,21 @@ def test_progress_counts_regions_and_slides():
     assert frames[-1].endswith("slide-a 25 %") and "ETA" in frames[-1]
 
 
+def test_a_log_line_does_not_run_into_the_status_line():
+    err = _Terminal()
+    handler = logging.StreamHandler(err)
+    logging.getLogger().addHandler(handler)
+    try:
+        progress = Progress(2, stream=err, out=io.StringIO())
+        progress.start(0, "slide-a")
+        logging.getLogger("convfocus.test").warning("slide-a: no pixel size in metadata")
+        progress.close()
+    finally:
+        logging.getLogger().removeHandler(handler)
+    before, _, _ = err.getvalue().partition("slide-a: no pixel size")
+    assert before.endswith("\r") and not before.rsplit("\r", 2)[-2].strip(), repr(before)
+
+
 def test_each_slide_prints_its_verdict_and_the_batch_a_summary(batch_dir: Path,
                                                                fixture_model: Path,
                                                                tmp_path: Path, capsys):

@@ -229,10 +229,16 @@ class Progress:
         self._shown = 0  # characters of the status line now on the terminal
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
+        self._log_handlers: list[logging.Handler] = []
         if self.tty and not quiet:
             self._ticker = threading.Thread(target=self._tick, daemon=True,
                                             name="convfocus-progress")
             self._ticker.start()
+            # a log line (a warning) takes the status line's place; the next redraw is below it
+            self._log_handlers = [h for h in logging.getLogger().handlers
+                                  if getattr(h, "stream", None) is self.stream]
+            for h in self._log_handlers:
+                h.addFilter(self._clear_for_log)
 
     # -- events --
 
@@ -279,6 +285,9 @@ class Progress:
     def close(self, summary: str | None = None) -> None:
         """Stop redrawing, take the status line away, print ``summary`` to stdout."""
         self._stop.set()
+        for h in self._log_handlers:
+            h.removeFilter(self._clear_for_log)
+        self._log_handlers = []
         with self._lock:
             self._clear()
             self._running.clear()
@@ -323,7 +332,8 @@ class Progress:
         try:
             width = os.get_terminal_size(self.stream.fileno()).columns - 1
         except (OSError, ValueError, AttributeError):
-            width = 99
+            width = 0
+        width = width if width >= 20 else 99  # a terminal that does not say its width
         line = line[:width]
         self.stream.write("\r" + line.ljust(self._shown))
         self.stream.flush()
@@ -334,6 +344,11 @@ class Progress:
             self.stream.write("\r" + " " * self._shown + "\r")
             self.stream.flush()
             self._shown = 0
+
+    def _clear_for_log(self, record: logging.LogRecord) -> bool:
+        with self._lock:
+            self._clear()
+        return True
 
     def _tick(self) -> None:
         while not self._stop.wait(1.0):
