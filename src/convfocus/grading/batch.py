@@ -684,6 +684,8 @@ def _signals_held() -> Iterator[None]:
 
 def _stop_workers(ex: Any) -> None:
     """Terminate the pool's worker processes now and wait until they are gone."""
+    # ProcessPoolExecutor has no public way to do this before Python 3.14
+    # (terminate_workers); its process table has been ``_processes`` since 3.2
     procs = list((getattr(ex, "_processes", None) or {}).values())
     for p in procs:
         if p.is_alive():
