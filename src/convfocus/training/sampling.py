@@ -145,9 +145,13 @@ def sample_slide(
     min_tissue: float = 0.5,
     allow_overlap: bool = False,
     thumbnail_px: int = 1024,
+    max_ink: float = 0.02,
     rng: np.random.Generator,
 ) -> list[tuple[tuple[int, int], float, np.ndarray]]:
     """The ``k`` densest random tissue patches of one slide: (level-0 xy, luma, RGB).
+
+    A patch holds at least ``min_tissue`` of tissue and at most ``max_ink`` of marker ink
+    (:func:`~convfocus.grading.tissue.tissue_and_ink`) on the thumbnail.
 
     Raises PixelSizeError when the pixel size is unknown, NoTissueError when no
     patch fits on tissue.
@@ -164,9 +168,15 @@ def sample_slide(
                         "carry no 40x detail", path, slide_mpp, target_mpp)
         l0_patch_px = max(1, round(patch_px * target_mpp / slide_mpp))
         thumb = slide.get_thumbnail(thumbnail_px)
-        th_mask, _ink = tissue_and_ink(thumb)  # marker ink is not tissue to rate
+        th_mask, ink = tissue_and_ink(thumb)  # marker ink is not tissue to rate
         positions = candidate_positions(th_mask, slide.dimensions, l0_patch_px, n_candidates,
                                         rng, min_tissue=min_tissue)
+        if positions and ink.any():  # nor is tissue under ink, or beside it in a patch
+            scale = (slide.dimensions[0] / ink.shape[1], slide.dimensions[1] / ink.shape[0])
+            corners = np.array(positions, dtype=np.float64)
+            inked = window_tissue_fraction(ink, scale, corners[:, 0], corners[:, 1],
+                                           l0_patch_px)
+            positions = [p for p, f in zip(positions, inked, strict=True) if f <= max_ink]
         if not positions:
             raise NoTissueError(f"no {l0_patch_px} px patch lies on tissue", path)
         scored: list[tuple[tuple[int, int], float, np.ndarray]] = []
