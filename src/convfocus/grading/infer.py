@@ -368,7 +368,7 @@ def _batch_runner(sessions: list[Any], input_name: str):  # type: ignore[no-unty
     pool = ThreadPoolExecutor(len(sessions) - 1, thread_name_prefix="cf-onnx")
 
     def run(x: np.ndarray) -> np.ndarray:
-        cuts = np.linspace(0, len(x), len(sessions) + 1).round().astype(int)
+        cuts = [len(x) * i // len(sessions) for i in range(len(sessions) + 1)]
         futures = [pool.submit(s.run, ["logits"], {input_name: x[a:b]})
                    for s, a, b in zip(sessions[1:], cuts[1:-1], cuts[2:]) if b > a]
         parts = [first.run(["logits"], {input_name: x[: cuts[1]]})[0]] if cuts[1] else []
