@@ -11,19 +11,34 @@ One run measures, on the blocks the scan grades (same grid, same regions):
 
 1. decode floor: every level-0 tile those regions touch, read and decoded once, on
    all cores (``read_region`` of single tiles, the direct tifffile + simplejpeg path);
-2. model-only: each region is decoded (not timed), then graded with
-   ``Grader.predict_region`` (timed): fp32 on every block, int8 on a sample of
-   blocks next to fp32 on the same blocks (speed ratio and agreement);
+2. model-only, in a fresh process (its peak RSS): each region is decoded (not timed),
+   then converted and graded with ``Grader.predict_region`` (timed), as the scan grades
+   it (windows cut out and graded exactly); multiply-adds from the graph's shapes;
 3. end to end: ``convfocus scan`` in a subprocess (everything: start-up, thumbnail,
-   tissue mask, reading, grading, every output file), its wall time and peak RSS.
+   tissue mask, reading, grading, every output file): wall time, CPU time and peak RSS
+   of that process alone (``wait4``); ``--e2e-dense`` also with ``--dense``;
+4. FocusLiteNN-1 as its authors ship it (``bench/focuslitenn_baseline.py``) in a
+   subprocess: wall time, CPU time and peak RSS;
+5. on a sample of blocks, in another process: the same regions graded exactly on one
+   multi-threaded session (as before the single-threaded sessions), with the dense pass
+   and with int8, alternating the order (speed ratios and agreement);
+6. the dense pass over every region at the region sizes of ``--dense-blocks``, one fresh
+   process each (rate and peak RSS: how large a region memory allows);
+7. the outputs of a 100,000 x 100,000 px all-tissue slide (peak RSS), and numpy's float32
+   matrix product on one thread (the multiply-add rate of a tuned kernel on this core).
 
-Rates are MP of tissue: graded windows x 128² model pixels. Because the machine may be
-shared, every rate is also given per CPU-second (user + system time of the process
-doing the work), which another process's load hardly changes; the ratios are taken
-within this one run.
+Two units: tissue MP (graded windows x 128² model pixels), and level-0 MP (every pixel
+of the slide, tissue or glass: FocusLiteNN-1 scores them all), both per second of wall
+time of the whole process. Because the machine may be shared, every rate is also given
+per CPU-second (user + system time of the process doing the work), which another
+process's load changes less; the ratios are taken within this one run, and the load
+average is printed at every stage. The CPU's peak multiply-add rate is read from
+/proc/cpuinfo (FMA, AVX2/AVX-512 flags, clock) assuming ``--fma-units`` (2) FMA units
+per core.
 
 Run: .venv/bin/python bench/scan_throughput.py [--size 32768x24576] [--model PATH]
-     [--precision fp32|int8] [--sample 48] [--json out.json]
+     [--precision fp32|int8] [--sample 48] [--dense-blocks 8,16] [--e2e-dense]
+     [--skip-focuslitenn] [--json out.json]
 """
 
 from __future__ import annotations
@@ -260,62 +275,134 @@ def decode_floor(slide: Path, p: dict[str, Any], spec: Any, threads: int) -> dic
             "mp_cpu_s": mp / cpu}
 
 
-def model_only(slide: Path, p: dict[str, Any], graders: dict[str, Any],
-               sample_blocks: int) -> dict[str, Any]:
+def _one_session_grader(model: str, threads: int) -> Any:
+    """A grader as before windows were split over single-threaded sessions: one ONNX Runtime
+    session with ``threads`` threads (for the comparison in the sample)."""
+    from convfocus.grading import infer
+
+    split = infer._sessions
+    infer._sessions = lambda graph, path, device, n, dense: [  # type: ignore[assignment]
+        infer._session(graph, path, device, n)]
+    try:
+        return infer.load_grader(model, threads=threads)
+    finally:
+        infer._sessions = split  # type: ignore[assignment]
+
+
+def graph_macs(model: str, height: int, width: int) -> int:
+    """Multiply-adds of the model's ONNX graph for one (height x width) input (convolutions,
+    the classifier included), from the graph's shapes."""
+    import onnx
+    from onnx import shape_inference
+
+    from convfocus.grading.modelfile import resolve_model_path
+
+    g = onnx.load(str(resolve_model_path(model).with_suffix(".onnx")))
+    dims = g.graph.input[0].type.tensor_type.shape.dim
+    for d, v in zip(dims, (1, 3, height, width)):
+        d.Clear()
+        d.dim_value = v
+    g = shape_inference.infer_shapes(g)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in [*g.graph.value_info, *g.graph.output]}
+    inits = {t.name: list(t.dims) for t in g.graph.initializer}
+    total = 0
+    for n in g.graph.node:
+        if n.op_type == "Conv":
+            w = inits[n.input[1]]  # (out, in / group, kh, kw)
+            total += math.prod(shapes[n.output[0]]) * math.prod(w[1:])
+    return total
+
+
+def model_only(slide: Path, model: str, threads: int, block: int, sample_blocks: int,
+               which: tuple[str, ...]) -> dict[str, Any]:
     """Grade every block's region as the scan does (``fp32``: windows cut out and graded
-    exactly, tissue windows only); on a sample of blocks also with the dense pass and int8.
+    exactly, tissue windows only; or ``dense``: one pass per region); on a sample of blocks
+    also the other graders of ``which`` (``one_session``: windows graded exactly on one
+    multi-threaded session; ``dense``; ``int8``), alternating the order.
+    With a sample, only the sample's regions are graded.
     Timed: converting the region and grading it; not timed: reading and decoding it."""
+    from convfocus.grading.infer import load_grader
     from convfocus.grading.scan import read_model_region
     from convfocus.io.readers import open_slide
 
-    fp32 = graders["fp32"]
-    spec = fp32.spec
+    makers = {"fp32": lambda: load_grader(model, threads=threads),
+              "one_session": lambda: _one_session_grader(model, threads),
+              "dense": lambda: load_grader(model, threads=threads, dense=True),
+              "int8": lambda: load_grader(model, threads=threads, precision="int8")}
+    graders = {k: makers[k]() for k in which}
+    main = which[0]
+    spec = graders[main].spec
+    p = plan(slide, graders[main], block)
     blocks = p["blocks"]
     step = max(1, len(blocks) // max(1, sample_blocks))
-    sample = set(range(0, len(blocks), step)) if len(graders) > 1 else set()
-    acc = {k: np.zeros(4) for k in ("fp32", "fp32_sample", *graders)}  # wall, cpu, graded, computed
+    sample = set(range(0, len(blocks), step)) if len(graders) > 1 and sample_blocks else set()
+    # wall, cpu, graded, computed, multiply-adds
+    acc = {k: np.zeros(5) for k in (main, f"{main}_sample", *graders)}
     classes: dict[str, list[np.ndarray]] = {k: [] for k in graders}
     probs: dict[str, list[np.ndarray]] = {k: [] for k in graders}
     win, stride, scale = spec.window_px, spec.stride_px, p["scale"]
+    mac_win = graph_macs(model, win, win)
+    mac_region: dict[tuple[int, int], int] = {}
     ox, oy = p["grid"].l0_origin_px
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     with open_slide(slide) as reader:
         for i, (r0, c0, nr, nc) in enumerate(blocks):
+            if sample and i not in sample:
+                continue  # the sample's run: every region is graded in a run of its own
             region = read_model_region(reader, ox + c0 * stride / scale, oy + r0 * stride / scale,
                                        nc * stride + win - stride, nr * stride + win - stride,
                                        scale)
             sel = p["graded"][r0 : r0 + nr, c0 : c0 + nc]
-            names = list(graders) if i in sample else ["fp32"]
-            if i in sample and len(classes["fp32"]) % 2:
+            names = list(graders) if i in sample else [main]
+            if i in sample and len(classes[main]) % 2:
                 names.reverse()  # alternate the order: neither profits from warm caches
             for name in names:
                 g = graders[name]
                 t0, k0 = time.perf_counter(), _cpu()
                 prob = g.predict_region(g.prepare(region, select=sel))
-                computed = nr * nc if g.dense else int(sel.sum())
-                row = np.array([time.perf_counter() - t0, _cpu() - k0, sel.sum(), computed])
+                row = np.array([time.perf_counter() - t0, _cpu() - k0, sel.sum(), 0, 0])
+                if g.dense:
+                    shape = region.shape[:2]
+                    if shape not in mac_region:
+                        mac_region[shape] = graph_macs(model, *shape)
+                    row[3:] = nr * nc, mac_region[shape]
+                else:
+                    row[3:] = sel.sum(), sel.sum() * mac_win
                 acc[name] += row
                 if i in sample:
-                    if name == "fp32":
-                        acc["fp32_sample"] += row
+                    if name == main:
+                        acc[f"{main}_sample"] += row
                     classes[name].append(prob.argmax(-1)[sel])
                     probs[name].append(prob[sel])
-    out: dict[str, Any] = {}
-    for name, (wall, cpu, graded, computed) in acc.items():
+    out: dict[str, Any] = {"block": block, "regions": len(blocks), "sample_regions": len(sample),
+                           "mac_per_window_alone": mac_win,
+                           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                           / 1024, "rss_before_grading_mb": rss0,
+                           "load_average": os.getloadavg()}
+    w0, h0 = p["dimensions"]
+    for name, (wall, cpu, graded, computed, macs) in acc.items():
         if not computed:
             continue
         mp = graded * 128 * 128 / 1e6
         out[name] = {"wall_s": wall, "cpu_s": cpu, "graded_windows": int(graded),
                      "computed_windows": int(computed), "windows_s": computed / wall,
-                     "mp_s": mp / wall, "mp_cpu_s": mp / cpu}
-    ref = np.concatenate(classes["fp32"]).astype(int) if classes["fp32"] else None
-    if ref is not None and "dense" in graders:
-        d, w = np.concatenate(probs["dense"]), np.concatenate(probs["fp32"])
+                     "mp_s": mp / wall, "mp_cpu_s": mp / cpu, "gmac": macs / 1e9,
+                     "gmac_s": macs / 1e9 / wall, "gmac_cpu_s": macs / 1e9 / cpu,
+                     "l0_mp_s": w0 * h0 / 1e6 / wall if name == main else None}
+    ref = np.concatenate(classes[main]).astype(int) if classes[main] else None
+    exact = main if main != "dense" else None
+    if ref is not None and exact and "dense" in graders:
+        d, w = np.concatenate(probs["dense"]), np.concatenate(probs[exact])
         k = d.argmax(1)
         out["dense_parity"] = {"windows": len(d), "same_class": float(np.mean(k == ref)),
                                "within1": float(np.mean(np.abs(k - ref) <= 1)),
                                "max_abs_dp": float(np.abs(d - w).max()),
                                "p99_abs_dp": float(np.quantile(np.abs(d - w).max(1), 0.99))}
-    if ref is not None and "int8" in graders:
+    if ref is not None and "one_session" in graders:
+        out["one_session_same_classes"] = bool(np.array_equal(
+            np.concatenate(classes["one_session"]), ref))
+    if ref is not None and exact and "int8" in graders:
         b = np.concatenate(classes["int8"]).astype(int)
         dd = np.abs(ref - b)
         out["int8_agreement"] = {"windows": int(dd.size), "exact": float(np.mean(dd == 0)),
@@ -325,6 +412,49 @@ def model_only(slide: Path, p: dict[str, Any], graders: dict[str, Any],
     return out
 
 
+def _run_child(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``cmd``; its own wall time, CPU time and peak RSS (``wait4``: this child alone,
+    not the largest child so far as ``RUSAGE_CHILDREN`` would give), and its output."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        _, status, ru = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return {"rc": proc.returncode, "wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime,
+                "peak_rss_mb": ru.ru_maxrss / 1024, "stdout": out.read().decode(),
+                "stderr": err.read().decode()}
+
+
+def _child_json(cmd: list[str], what: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    r = _run_child(cmd, env)
+    if r["rc"]:
+        raise SystemExit(f"{what} failed ({r['rc']}):\n{r['stderr'][-3000:]}")
+    return {**json.loads(r["stdout"].strip().splitlines()[-1]),
+            **{f"process_{k}": r[k] for k in ("wall_s", "cpu_s", "peak_rss_mb")}}
+
+
+def model_only_child(slide: Path, model: str, threads: int, block: int, sample: int,
+                     which: tuple[str, ...]) -> dict[str, Any]:
+    """:func:`model_only` in a fresh process (its peak RSS is then its own)."""
+    args = json.dumps({"slide": str(slide), "model": model, "threads": threads, "block": block,
+                       "sample": sample, "which": list(which)})
+    return _child_json([sys.executable, __file__, "--model-only-child", args], "model-only")
+
+
+def focuslitenn(slide: Path, threads: int) -> dict[str, Any]:
+    """FocusLiteNN-1 as shipped (``bench/focuslitenn_baseline.py``) in a subprocess."""
+    script = Path(__file__).resolve().parent / "focuslitenn_baseline.py"
+    r = _child_json([sys.executable, str(script), str(slide), "--threads", str(threads)],
+                    "FocusLiteNN-1")
+    # the process's wall and CPU time, start-up (importing PyTorch) included, as for the scan
+    r["l0_mp_s"] = r["pixels_mp"] / r["process_wall_s"]
+    r["l0_mp_cpu_s"] = r["pixels_mp"] / r["process_cpu_s"]
+    return r
+
+
 def end_to_end(slide: Path, model: str | None, precision: str, extra: list[str]) -> dict[str, Any]:
     """``convfocus scan`` in a subprocess: wall time, CPU time, peak RSS, summary runtime."""
     out = Path(tempfile.mkdtemp(prefix="cf-bench-"))
@@ -332,24 +462,66 @@ def end_to_end(slide: Path, model: str | None, precision: str, extra: list[str])
            "--precision", precision, *extra]
     if model:
         cmd += ["--model", model]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode:
+    r = _run_child(cmd)
+    if r["rc"]:
         shutil.rmtree(out, ignore_errors=True)
-        raise SystemExit(f"scan failed ({proc.returncode}):\n{proc.stderr}")
+        raise SystemExit(f"scan failed ({r['rc']}):\n{r['stderr']}")
     summary = json.loads(next(out.glob("*/summary.json")).read_text())
     classmap = np.load(next(out.glob("*/classmap.npy")))
     shutil.rmtree(out, ignore_errors=True)
     graded = int((classmap >= 0).sum())
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    wall, cpu = r["wall_s"], r["cpu_s"]
     mp = graded * 128 * 128 / 1e6
+    w0, h0 = summary["dimensions"]
     return {"wall_s": wall, "cpu_s": cpu, "runtime_s": summary.get("runtime_s"),
             "graded_windows": graded, "mp": mp, "mp_s": mp / wall,
             "mp_s_runtime": mp / float(summary.get("runtime_s") or wall), "mp_cpu_s": mp / cpu,
-            "peak_rss_mb": after.ru_maxrss / 1024, "classmap": classmap}
+            "l0_mp_s": w0 * h0 / 1e6 / wall, "l0_mp_cpu_s": w0 * h0 / 1e6 / cpu,
+            "peak_rss_mb": r["peak_rss_mb"], "classmap": classmap}
+
+
+def cpu_peak(fma_units: int) -> dict[str, Any]:
+    """This CPU's peak fp32 multiply-add rate from /proc/cpuinfo: ``fma_units`` FMA units per
+    core (an assumption, stated in the report) of the widest vector its flags offer, at the
+    clock cpuinfo reports."""
+    info: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            k, _, v = line.partition(":")
+            if k.strip() and k.strip() not in info:
+                info[k.strip()] = v.strip()
+    except OSError:
+        pass
+    flags = set(info.get("flags", "").split())
+    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags or "avx" in flags else 4
+    fma = "fma" in flags
+    ghz = float(info.get("cpu MHz", "0") or 0) / 1000
+    per_core = fma_units * lanes * (1 if fma else 0.5) * ghz  # GMAC/s
+    note = ""
+    if info.get("vendor_id") == "AuthenticAMD" and info.get("cpu family") == "25" and lanes == 16:
+        note = ("AMD family 25 with AVX-512 is Zen 4: its two FMA pipes are 256 bits wide and "
+                "a 512-bit FMA takes both, so the real peak is half this figure")
+    return {"model": info.get("model name", "?"), "vendor": info.get("vendor_id", "?"),
+            "family": info.get("cpu family"), "cpu_model": info.get("model"),
+            "flags": sorted(flags & {"avx", "avx2", "fma", "avx512f", "avx512_vnni",
+                                     "avx512_bf16", "avx_vnni", "amx_bf16"}),
+            "fp32_lanes": lanes, "fma": fma, "fma_units_assumed": fma_units, "ghz": ghz,
+            "peak_gmac_s_per_core": per_core, "cores": os.cpu_count() or 1, "note": note}
+
+
+def sgemm_reference() -> dict[str, float]:
+    """numpy's float32 matrix product (OpenBLAS, one thread) in a fresh process: the
+    multiply-add rate a tuned kernel reaches on this core, per CPU-second and wall."""
+    code = ("import json, time, numpy as np\n"
+            "a = np.random.rand(2048, 2048).astype(np.float32); b = a.T.copy(); a @ b\n"
+            "best = None\n"
+            "for _ in range(5):\n"
+            "    t, c = time.perf_counter(), time.process_time(); a @ b\n"
+            "    w, u = time.perf_counter() - t, time.process_time() - c\n"
+            "    best = max(best or (0, 0), (2048 ** 3 / 1e9 / u, 2048 ** 3 / 1e9 / w))\n"
+            "print(json.dumps({'gmac_cpu_s': best[0], 'gmac_s': best[1]}))\n")
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    return _child_json([sys.executable, "-c", code], "sgemm reference", env)
 
 
 def outputs_child(width: int, height: int) -> None:
@@ -422,25 +594,40 @@ def _model_copy(model: str | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", default="32768x24576", help="level-0 WIDTHxHEIGHT (default "
-                    "32768x24576: about 0.4 GP of tissue)")
+                    "32768x24576: 0.81 GP, about 0.33 GP of tissue)")
     ap.add_argument("--model", default=None, help="model name or path (default: the shipped one)")
     ap.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
                     help="precision of the end-to-end scan (default fp32)")
-    ap.add_argument("--sample", type=int, default=48,
-                    help="blocks also graded with the dense pass and with int8 (0: none)")
+    ap.add_argument("--sample", type=int, default=48, help="blocks also graded on one "
+                    "multi-threaded session, with the dense pass and with int8 (0: none)")
     ap.add_argument("--block", type=int, default=None,
                     help="region size in cells (default: the scan's, ScanOptions.block)")
+    ap.add_argument("--dense-blocks", default="8,16", metavar="B,B",
+                    help="also grade every region with the dense pass at these region sizes, "
+                    "each in a fresh process for its peak RSS ('' to skip; default 8,16)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="cores to use")
+    ap.add_argument("--fma-units", type=int, default=2,
+                    help="FMA units per core assumed for the peak rate (default 2)")
     ap.add_argument("--rebuild", action="store_true", help="rebuild the cached slide")
     ap.add_argument("--skip-model-only", action="store_true")
+    ap.add_argument("--skip-focuslitenn", action="store_true",
+                    help="do not run FocusLiteNN-1 (it needs PyTorch and tiffslide)")
+    ap.add_argument("--e2e-dense", action="store_true",
+                    help="also run `convfocus scan --dense` end to end")
     ap.add_argument("--outputs-rss", default="100000x100000", metavar="WxH",
                     help="also write every output of a slide this large, all tissue, from "
                     "made-up grades, and report the peak RSS ('' to skip)")
     ap.add_argument("--outputs-child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--model-only-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args(argv)
     if args.outputs_child:
         outputs_child(*(int(v) for v in args.outputs_child.lower().split("x")))
+        return 0
+    if args.model_only_child:
+        a = json.loads(args.model_only_child)
+        print(json.dumps(model_only(Path(a["slide"]), a["model"], a["threads"], a["block"],
+                                    a["sample"], tuple(a["which"]))))
         return 0
     width, height = (int(v) for v in args.size.lower().split("x"))
 
@@ -448,82 +635,180 @@ def main(argv: list[str] | None = None) -> int:
     from convfocus.grading.scan import ScanOptions
 
     block = args.block or ScanOptions().block
+    dense_blocks = [int(v) for v in args.dense_blocks.split(",") if v.strip()]
 
     slide = cached_slide(width, height, rebuild=args.rebuild)
     t_start = time.perf_counter()
     model = _model_copy(args.model)  # the int8 graph is made beside it, not in the package
-    graders = {"fp32": load_grader(model, threads=args.threads)}
-    if args.sample > 0:
-        graders["dense"] = load_grader(model, threads=args.threads, dense=True)
-        graders["int8"] = load_grader(model, threads=args.threads, precision="int8")
-    fp32 = graders["fp32"]
+    fp32 = load_grader(model, threads=args.threads)
+    if args.sample > 0 or args.precision == "int8":
+        load_grader(model, threads=1, precision="int8")  # quantised once, here, not timed
     p = plan(slide, fp32, block)
     computed = sum(b[2] * b[3] for b in p["blocks"])
     graded = int(p["graded"].sum())
+    cpu = cpu_peak(args.fma_units)
     print(f"slide {width}x{height} ({width * height / 1e9:.2f} GP), "
           f"{graded} tissue windows = {graded * 16384 / 1e6:.0f} MP of tissue "
           f"({graded * 16384 / (width * height):.0%}), {len(p['blocks'])} regions of <= "
           f"{block}² cells, {computed} windows computed ({computed / graded - 1:+.1%}); "
-          f"model {fp32.spec.name} ({fp32.spec.arch}), {os.cpu_count()} cores, "
-          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+          f"model {fp32.spec.name} ({fp32.spec.arch}); CPU {cpu['model']} "
+          f"({cpu['cores']} cores, {' '.join(cpu['flags'])}); load average "
+          + " ".join(f"{v:.1f}" for v in os.getloadavg()), flush=True)
 
     res: dict[str, Any] = {"slide": {"size": [width, height], "tissue_windows": graded,
                                      "tissue_mp": graded * 16384 / 1e6,
                                      "blocks": len(p["blocks"]), "computed_windows": computed},
                            "model": {"name": fp32.spec.name, "arch": fp32.spec.arch},
-                           "cores": os.cpu_count(), "load_average": os.getloadavg()[0]}
-    res["decode"] = decode_floor(slide, p, fp32.spec, args.threads)
-    print(f"decode floor: {res['decode']['tiles']} tiles, {res['decode']['mp_s']:.0f} MP/s "
+                           "cpu": cpu, "cores": os.cpu_count(), "threads": args.threads,
+                           "load_average": os.getloadavg()[0], "load": {}}
+    del fp32
+
+    def stage(name: str) -> None:
+        res["load"][name] = os.getloadavg()
+        print(f"[{time.perf_counter() - t_start:5.0f} s] {name} (load average "
+              f"{os.getloadavg()[0]:.1f}) ...", flush=True)
+
+    stage("decode floor")
+    res["decode"] = decode_floor(slide, p, load_grader(model).spec, args.threads)
+    print(f"  {res['decode']['tiles']} tiles, {res['decode']['mp_s']:.0f} MP/s "
           f"({res['decode']['mp_cpu_s']:.0f} MP per CPU-s)", flush=True)
+    main_grader = "int8" if args.precision == "int8" else "fp32"
     if not args.skip_model_only:
-        res["model_only"] = model_only(slide, p, graders, args.sample)
-        for k, v in res["model_only"].items():
-            print(f"model-only {k}: " + ", ".join(
-                f"{a}={b:.4g}" if isinstance(b, float) else f"{a}={b}" for a, b in v.items()),
-                flush=True)
-    del fp32, graders
+        stage("model-only")
+        # alone in its process (its peak RSS is the scan's grader's); the sample in another
+        res["model_only"] = model_only_child(slide, model, args.threads, block, 0,
+                                             (main_grader,))
+        mo = res["model_only"][main_grader]
+        print(f"  {main_grader}: {mo['mp_s']:.1f} MP/s, {mo['mp_cpu_s']:.1f} MP per CPU-s",
+              flush=True)
+    stage("end to end")
     e2e = end_to_end(slide, model, args.precision, ["--threads", str(args.threads)])
     res["end_to_end"] = {k: v for k, v in e2e.items() if k != "classmap"}
+    print(f"  {e2e['wall_s']:.1f} s, {e2e['mp_s']:.1f} MP/s", flush=True)
+    if args.e2e_dense:
+        stage("end to end, dense")
+        e2d = end_to_end(slide, model, args.precision,
+                         ["--threads", str(args.threads), "--dense"])
+        res["end_to_end_dense"] = {k: v for k, v in e2d.items() if k != "classmap"}
+        print(f"  {e2d['wall_s']:.1f} s, {e2d['mp_s']:.1f} MP/s", flush=True)
+    if not args.skip_focuslitenn:
+        stage("FocusLiteNN-1")
+        res["focuslitenn"] = focuslitenn(slide, args.threads)
+        print(f"  {res['focuslitenn']['process_wall_s']:.1f} s", flush=True)
+    if args.sample > 0 and not args.skip_model_only:
+        stage("model-only, sample")
+        which = tuple(dict.fromkeys((main_grader, "one_session", "dense", "int8")))
+        sample = model_only_child(slide, model, args.threads, block, args.sample, which)
+        res["model_only"].update({k: v for k, v in sample.items() if k in (
+            f"{main_grader}_sample", "one_session", "dense", "int8", "dense_parity",
+            "one_session_same_classes", "int8_agreement", "sample_regions")})
+    if dense_blocks and not args.skip_model_only:
+        res["dense_blocks"] = {}
+        for b in dense_blocks:
+            stage(f"model-only, dense pass, block {b}")
+            res["dense_blocks"][b] = model_only_child(slide, model, args.threads, b, 0,
+                                                      ("dense",))
     if args.outputs_rss:
+        stage("outputs check")
         res["outputs_check"] = {"size": args.outputs_rss, **outputs_check(args.outputs_rss)}
+    stage("sgemm reference")
+    res["sgemm"] = sgemm_reference()
+    res["load_average_end"] = os.getloadavg()
     res["total_bench_s"] = time.perf_counter() - t_start
-    _print_table(res, args.precision)
+    _print_table(res, main_grader)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     return 0
 
 
-def _print_table(res: dict[str, Any], precision: str) -> None:
+def _print_table(res: dict[str, Any], main_grader: str) -> None:
     d, e = res["decode"], res["end_to_end"]
     mo = res.get("model_only", {})
-    rows = [("decode floor (tissue tiles, all cores)", d["mp_s"], d["mp_cpu_s"], "")]
-    for k, label in (("fp32", "model-only fp32, windows graded exactly (all regions)"),
-                     ("fp32_sample", "model-only fp32, exact (sample)"),
+    fl = res.get("focuslitenn")
+    w, h = res["slide"]["size"]
+    l0_mp = w * h / 1e6
+    na = float("nan")
+    rows = [("decode floor (tissue tiles, all cores)", d["mp_s"], d["mp_cpu_s"], na, na, "")]
+    for k, label in ((main_grader, (f"model-only {main_grader}, windows graded exactly "
+                      "(all regions, as the scan)")),
+                     (f"{main_grader}_sample", f"model-only {main_grader}, exact (sample)"),
+                     ("one_session", ("model-only fp32, exact, one session of all threads "
+                      "(sample)")),
                      ("dense", "model-only fp32, dense pass (sample)"),
                      ("int8", "model-only int8, exact (sample)")):
-        if k in mo:
-            rows.append((label, mo[k]["mp_s"], mo[k]["mp_cpu_s"],
-                         f"{mo[k]['windows_s']:.0f} windows/s computed"))
-    rows.append((f"end to end `convfocus scan` ({precision}), wall", e["mp_s"], e["mp_cpu_s"],
-                 f"{e['wall_s']:.1f} s"))
-    rows.append(("end to end, scan_path runtime_s", e["mp_s_runtime"], float("nan"),
-                 f"{e['runtime_s']:.1f} s"))
-    print("\n| stage | MP/s (wall) | MP per CPU-s | note |\n|---|---|---|---|")
-    for name, a, b, note in rows:
-        print(f"| {name} | {a:.1f} | {b:.1f} | {note} |")
-    print(f"\npeak RSS of the scan: {e['peak_rss_mb']:.0f} MB")
-    if "outputs_check" in res:
-        o = res["outputs_check"]
-        print(f"outputs of a {o['size']} slide, all tissue ({o['windows']} windows, made-up "
-              f"grades): peak RSS {o['peak_rss_mb']:.0f} MB ({o['arrays_mb']:.0f} MB of grade "
-              f"arrays), written in {o['write_outputs_s']:.1f} s, tiles.csv "
-              f"{o['tiles_csv_mb']:.0f} MB")
-    ref = mo.get("int8" if precision == "int8" else "fp32")
+        if k in mo and (k != "int8" or main_grader != "int8"):
+            rows.append((label, mo[k]["mp_s"], mo[k]["mp_cpu_s"], mo[k]["l0_mp_s"] or na,
+                         mo["process_peak_rss_mb"] if k == main_grader else na,
+                         (f"{mo[k]['windows_s']:.0f} windows/s computed, "
+                         f"{mo[k]['gmac_cpu_s']:.1f} GMAC per CPU-s")))
+    for b, db in res.get("dense_blocks", {}).items():
+        x = db["dense"]
+        rows.append((f"model-only fp32, dense pass, regions of <= {b}² cells (all)", x["mp_s"],
+                     x["mp_cpu_s"], x["l0_mp_s"], db["process_peak_rss_mb"],
+                     (f"{db['regions']} regions, {x['computed_windows'] / x['graded_windows']:.3f}"
+                     f" windows computed per tissue window, {x['gmac_cpu_s']:.1f} GMAC per "
+                     "CPU-s")))
+    for key, label in (("end_to_end", "end to end `convfocus scan`"),
+                       ("end_to_end_dense", "end to end `convfocus scan --dense`")):
+        if key in res:
+            x = res[key]
+            rows.append((f"**{label}**", x["mp_s"], x["mp_cpu_s"], x["l0_mp_s"],
+                         x["peak_rss_mb"], (f"{x['wall_s']:.1f} s wall, {x['cpu_s']:.1f} CPU-s, "
+                         f"runtime_s {x['runtime_s']:.1f}")))
+    if fl:
+        rows.append(("FocusLiteNN-1 as shipped (PyTorch, every level-0 pixel)", na, na,
+                     fl["l0_mp_s"], fl["process_peak_rss_mb"],
+                     (f"{fl['process_wall_s']:.1f} s wall, {fl['process_cpu_s']:.1f} CPU-s "
+                     f"({fl['wall_s']:.1f} s after its imports)")))
+    print("\n| stage | tissue MP/s (wall) | tissue MP per CPU-s | level-0 MP/s (wall) | "
+          "peak RSS MB | note |\n|---|---|---|---|---|---|")
+
+    def f(v: float) -> str:
+        return "-" if math.isnan(v) else f"{v:.1f}" if v < 1000 else f"{v:.0f}"
+
+    for name, a, b, c, r, note in rows:
+        print(f"| {name} | {f(a)} | {f(b)} | {f(c)} | {f(r)} | {note} |")
+    print(f"\nslide {w}x{h} = {l0_mp:.0f} MP at level 0, {res['slide']['tissue_mp']:.0f} MP of "
+          "tissue; level-0 MP/s = level-0 pixels of the slide / wall time of the process (or of "
+          "grading every region, for model-only); tissue MP = graded windows x 128²")
+    ref = mo.get(main_grader)
     if ref:
-        print(f"end to end / model-only ({precision}): wall {e['mp_s'] / ref['mp_s']:.0%}, "
-              f"per CPU-s {e['mp_cpu_s'] / ref['mp_cpu_s']:.0%}")
-    f32 = mo.get("fp32_sample")
-    if "int8" in mo and f32:
+        print(f"end to end / model-only ({main_grader}, tissue MP/s): wall "
+              f"{e['mp_s'] / ref['mp_s']:.0%}, per CPU-s {e['mp_cpu_s'] / ref['mp_cpu_s']:.0%}")
+    if fl:
+        print(f"convfocus end to end / FocusLiteNN-1 (level-0 MP/s): wall "
+              f"{e['l0_mp_s'] / fl['l0_mp_s']:.2f}x ({e['l0_mp_s']:.1f} vs "
+              f"{fl['l0_mp_s']:.1f}), per CPU-s {e['l0_mp_cpu_s'] / fl['l0_mp_cpu_s']:.2f}x "
+              f"({e['l0_mp_cpu_s']:.1f} vs {fl['l0_mp_cpu_s']:.1f}); peak RSS "
+              f"{e['peak_rss_mb']:.0f} vs {fl['process_peak_rss_mb']:.0f} MB")
+    cpu = res["cpu"]
+    if ref:
+        peak = cpu["peak_gmac_s_per_core"]
+        sg = res["sgemm"]
+        print(f"model-only {main_grader}: {ref['gmac_cpu_s']:.1f} GMAC per CPU-s "
+              f"({mo['mac_per_window_alone'] / 1e6:.1f} M multiply-adds per window graded "
+              f"alone, from the graph); {ref['gmac_s']:.1f} GMAC/s wall on {res['threads']} "
+              f"threads")
+        print(f"  peak of this CPU ({cpu['model']}, {' '.join(cpu['flags'])}): assuming "
+              f"{cpu['fma_units_assumed']} FMA units per core of {cpu['fp32_lanes']} fp32 "
+              f"lanes at {cpu['ghz']:.2f} GHz (cpuinfo) = {peak:.1f} GMAC/s per core, "
+              f"{peak * cpu['cores']:.0f} on {cpu['cores']} cores: model-only reaches "
+              f"{ref['gmac_cpu_s'] / peak:.0%} of a core per CPU-second, "
+              f"{ref['gmac_s'] / (peak * cpu['cores']):.0%} of the machine's peak in wall time")
+        if cpu["note"]:
+            print(f"  note: {cpu['note']}: {ref['gmac_cpu_s'] / (peak / 2):.0%} of that per "
+                  "CPU-second")
+        print(f"  numpy float32 matrix product (OpenBLAS, 1 thread): {sg['gmac_cpu_s']:.1f} "
+              f"GMAC per CPU-s ({sg['gmac_s']:.1f} wall): model-only is "
+              f"{ref['gmac_cpu_s'] / sg['gmac_cpu_s']:.0%} of a tuned kernel's rate")
+    f32 = mo.get(f"{main_grader}_sample")
+    if "one_session" in mo and f32:
+        o = mo["one_session"]
+        print(f"single-threaded sessions / one session of {res['threads']} threads (same "
+              f"regions): wall {f32['mp_s'] / o['mp_s']:.2f}x, per CPU-s "
+              f"{f32['mp_cpu_s'] / o['mp_cpu_s']:.2f}x; same classes: "
+              f"{mo.get('one_session_same_classes')}")
+    if "int8" in mo and f32 and main_grader != "int8":
         a, i8 = mo["int8_agreement"], mo["int8"]
         print(f"int8 / fp32 speed (same regions): wall {i8['mp_s'] / f32['mp_s']:.2f}x, "
               f"per CPU-s {i8['mp_cpu_s'] / f32['mp_cpu_s']:.2f}x; classes within ±1: "
@@ -536,10 +821,17 @@ def _print_table(res: dict[str, Any], precision: str) -> None:
               f"alone: same class on {q['same_class']:.2%} of {q['windows']} windows (within "
               f"±1: {q['within1']:.2%}), max |Δp| {q['max_abs_dp']:.4f} (99th percentile "
               f"{q['p99_abs_dp']:.4f})")
-    print(f"decode floor / model-only fp32 per CPU-s: "
-          f"{d['mp_cpu_s'] / mo['fp32']['mp_cpu_s']:.1f}x" if "fp32" in mo else "")
-    print(f"bench time {res['total_bench_s']:.0f} s; load average "
-          f"{res['load_average']:.1f} at start")
+    if "outputs_check" in res:
+        o = res["outputs_check"]
+        print(f"outputs of a {o['size']} slide, all tissue ({o['windows']} windows, made-up "
+              f"grades): peak RSS {o['peak_rss_mb']:.0f} MB ({o['arrays_mb']:.0f} MB of grade "
+              f"arrays), written in {o['write_outputs_s']:.1f} s, tiles.csv "
+              f"{o['tiles_csv_mb']:.0f} MB")
+    if ref:
+        print(f"decode floor / model-only per CPU-s: {d['mp_cpu_s'] / ref['mp_cpu_s']:.1f}x")
+    print(f"bench time {res['total_bench_s']:.0f} s; load average at each stage: " + "; ".join(
+        f"{k} {v[0]:.1f}" for k, v in res["load"].items()) + "; at the end "
+        + " ".join(f"{v:.1f}" for v in res["load_average_end"]))
 
 
 if __name__ == "__main__":
