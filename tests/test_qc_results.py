@@ -4,13 +4,16 @@ and every output is readable by others."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import dataclasses
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -216,6 +219,9 @@ def test_overlay_png_has_no_legend_of_its_own(tmp_path: Path, pyramid_tiff: Path
     assert overlay.shape == read_image(folder / "thumbnail.png").shape  # the thumbnail's pixels
     html = (folder / "report.html").read_text()
     assert html.count("class='jet'") == 1  # the report's one legend, under the overlay
+    uri = re.search(r"<img class='wide' alt='[^']*' src='data:image/png;base64,([^']+)'", html)
+    shown = cv2.imdecode(np.frombuffer(base64.b64decode(uri.group(1)), np.uint8), 1)
+    assert max(shown.shape[:2]) == 1400 < max(overlay.shape[:2])  # reduced for the page
     assert read_image(folder / "heatmap.png").shape[1] > 130  # heatmap.png keeps its legend
 
 

@@ -363,16 +363,11 @@ def overlay_png(
     title: str | None = None,
     num_classes: int = NUM_CLASSES,
     ink: np.ndarray | None = None,
-    legend: bool = True,
 ) -> bytes:
-    """:func:`overlay` as PNG: drawn with the class legend, or (``legend=False``) the
-    overlay's own pixels, the thumbnail's size (``title`` is then not drawn)."""
+    """:func:`overlay` drawn with the class legend (a figure; the scan's overlay.png is the
+    overlay's own pixels, :func:`convfocus.grading.outputs.overlay_png`)."""
     img = overlay(thumbnail_rgb, classmap, grid, l0_dimensions=l0_dimensions,
                   th_downsample=th_downsample, alpha=alpha, num_classes=num_classes, ink=ink)
-    if not legend:
-        from convfocus.io.images import png_bytes
-
-        return png_bytes(img)
     return render_figure(img, title=title, num_classes=num_classes, show_no_tissue_key=False)
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "heatmap_png",
     "histogram_png",
     "overlay_png",
+    "overlay_rgb",
     "tiles_rows",
     "write_arrays",
     "write_outputs",
@@ -45,6 +46,9 @@ OUTPUT_FILES = (
 
 #: Longest side of ``heatmap.png`` is about this many pixels (an integer number per cell).
 HEATMAP_SIDE_PX = 900
+
+#: Longest side of the overlay embedded in report.html (overlay.png keeps the thumbnail's).
+REPORT_OVERLAY_PX = 1400
 
 TILES_HEADER = ["x_px", "y_px", "row", "col", "oof_class", "expected_class", "confidence",
                 "blur_um", *(f"p{i}" for i in range(NUM_CLASSES))]
@@ -134,12 +138,19 @@ def heatmap_png(result: SlideResult) -> bytes:
     return heatmap.heatmap_png(result.classmap, background="none")
 
 
+def overlay_rgb(result: SlideResult) -> np.ndarray:
+    """The class map over the slide's thumbnail, ink hatched: (h, w, 3) uint8, the
+    thumbnail's size."""
+    return heatmap.overlay(result.thumbnail, result.classmap, result.grid,
+                           th_downsample=result.th_downsample, ink=result.ink_mask)
+
+
 def overlay_png(result: SlideResult) -> bytes:
-    """``overlay.png``: the class map over the slide's thumbnail, ink hatched, the
-    thumbnail's size and no legend (heatmap.png and report.html carry it)."""
-    return heatmap.overlay_png(result.thumbnail, result.classmap, result.grid,
-                               th_downsample=result.th_downsample, ink=result.ink_mask,
-                               legend=False)
+    """``overlay.png``: :func:`overlay_rgb` as PNG, no legend (heatmap.png and report.html
+    carry it)."""
+    from convfocus.io.images import png_bytes
+
+    return png_bytes(overlay_rgb(result))
 
 
 def histogram_png(result: SlideResult) -> bytes:
@@ -164,7 +175,7 @@ def write_outputs(
     the summary (default: the time spent grading).
     """
     from convfocus.io.atomic import write_text_atomic
-    from convfocus.io.images import write_png
+    from convfocus.io.images import png_bytes, resize, write_png
 
     folder = Path(folder)
     write_tiles(result, folder / "tiles.csv")
@@ -173,12 +184,15 @@ def write_outputs(
     write_png(folder / "classmap.png", classmap_rgba(result))
     heat = heatmap_png(result)
     write_bytes_atomic(folder / "heatmap.png", heat)
-    overlay = overlay_png(result)
-    write_bytes_atomic(folder / "overlay.png", overlay)
+    over = overlay_rgb(result)
+    write_bytes_atomic(folder / "overlay.png", png_bytes(over))
+    side = max(over.shape[:2])
+    if side > REPORT_OVERLAY_PX:  # the report shows it at a few hundred pixels
+        over = resize(over, scale=REPORT_OVERLAY_PX / side)
     write_regions(result, folder / "oof_regions.geojson")
     runtime_s = None if runtime_start is None else time.perf_counter() - runtime_start
     summary = report.build_summary(result, runtime_s=runtime_s)
-    html = report.render_report_html(summary, overlay_png=overlay, heatmap_png=heat,
+    html = report.render_report_html(summary, overlay_png=png_bytes(over), heatmap_png=heat,
                                      histogram_png=histogram_png(result), geojson=result.regions)
     write_text_atomic(folder / "report.html", html)
     write_json_atomic(folder / "summary.json", summary)
