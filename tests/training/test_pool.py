@@ -122,13 +122,11 @@ def test_manifest_mpp_reads_the_leading_number(tmp_path):
     assert manifest_mpp(tmp_path / "missing") == {}
 
 
-def test_textureless_check_image_never_enters_the_pool(tmp_path):
+def test_textureless_check_image_never_enters_the_pool(tmp_path, shared_data: Path):
     from convfocus.training.pool import CHECK_ONLY, build_pool
 
-    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "infocus"
+    data = shared_data / "infocus"
     src = data / "histolab-very-low-nuclei-score-level0.png"
-    if not src.is_file():
-        pytest.skip("../shared/data absent")
     assert src.name in CHECK_ONLY
     keep = data / "histolab-tcga-lung-rgb.png"
     entries = build_pool([src, keep], tmp_path / "pool", include_skimage_ihc=False)

@@ -7,22 +7,12 @@ import pytest
 import torch
 
 from convfocus import NUM_CLASSES
-from convfocus.training.model import ARCHS, ConvFocusNet, build_model, multiply_adds, stem_depths
+from convfocus.training.model import ARCHS, build_model, multiply_adds, stem_depths
+from model_helpers import randomise_bn
 
 WINDOW, STRIDE = 139, 128
 
 
-def randomise_bn(net: ConvFocusNet, seed: int = 0) -> ConvFocusNet:
-    """Random BatchNorm statistics and affine terms, so eval mode is not an identity."""
-    g = torch.Generator().manual_seed(seed)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
-            m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.25)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(n, generator=g) * 0.2)
-    return net.eval()
 
 
 def tissue_batch(n: int, size: int) -> torch.Tensor:

@@ -29,7 +29,7 @@ from convfocus.synthesis.defocus import apply_blur, class_centre_px
 from convfocus.training.checkpoint import save_model
 from convfocus.training.model import build_model
 from convfocus.types import ModelSpec
-from test_model import randomise_bn
+from model_helpers import randomise_bn
 
 WIN, STRIDE = 139, 128
 CELLS = 9  # a region of 9 x 9 windows: 1163 px
