@@ -150,7 +150,8 @@ def _run_scan(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from convfocus.api import load_grader
-    from convfocus.grading.batch import expand_inputs, run_batch
+    from convfocus.grading.batch import run_batch
+    from convfocus.grading.jobs import expand_inputs
 
     opts = _scan_options(args)
     load_grader(opts.model, device=opts.device, backend=opts.backend,  # fail early on the model

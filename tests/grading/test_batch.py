@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from convfocus.errors import ConfigError
-from convfocus.grading.batch import Progress, SlideJob, expand_inputs, run_batch
+from convfocus.grading.batch import Progress, run_batch
+from convfocus.grading.jobs import SlideJob, expand_inputs
 from convfocus.grading.scan import ScanOptions, is_complete
 from convfocus.io.atomic import is_temp_name
 from convfocus.io.images import write_pyramidal_tiff
