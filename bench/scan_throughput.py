@@ -691,7 +691,12 @@ def main(argv: list[str] | None = None) -> int:
                          ["--threads", str(args.threads), "--dense"])
         res["end_to_end_dense"] = {k: v for k, v in e2d.items() if k != "classmap"}
         print(f"  {e2d['wall_s']:.1f} s, {e2d['mp_s']:.1f} MP/s", flush=True)
-    if not args.skip_focuslitenn:
+    import importlib.util
+
+    missing = [m for m in ("torch", "tiffslide") if importlib.util.find_spec(m) is None]
+    if not args.skip_focuslitenn and missing:
+        print(f"FocusLiteNN-1 skipped: it needs {' and '.join(missing)} (the [train] extra)")
+    elif not args.skip_focuslitenn:
         stage("FocusLiteNN-1")
         res["focuslitenn"] = focuslitenn(slide, args.threads)
         print(f"  {res['focuslitenn']['process_wall_s']:.1f} s", flush=True)
