@@ -75,6 +75,9 @@ def dzi_xml(width: int, height: int, url: str, fmt: str, tile_px: int = TILE_PX)
     )
 
 
+# --- pixel sources ---------------------------------------------------------------------------
+
+
 class _Pixels:
     """Level-0 regions of a slide (or of an image standing in for it), thread-safe."""
 
