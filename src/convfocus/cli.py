@@ -248,8 +248,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run folder (checkpoint, log, exported model)")
     p.add_argument("--preset", default="config4",
                    help="paper Table 2 row: config1..config5 (config4 = ConvFocus), "
-                   "config4-linear, config4-lite")
-    p.add_argument("--arch", choices=("paper", "lite", "large"), default=None)
+                   "config4-linear, config4-lite; v2, v2-large; students fast-dw16, fast-lite")
+    p.add_argument("--arch", choices=("paper", "lite", "large", "w8", "dw16"), default=None)
     p.add_argument("--steps", type=_positive_int, default=None)
     p.add_argument("--batch-size", type=_positive_int, default=None)
     p.add_argument("--lr", type=_positive_float, default=None)
@@ -266,6 +266,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--init", default=None, metavar="MODEL",
                    help="start from the weights of this model (fine-tuning)")
+    p.add_argument("--teacher", default=None, metavar="MODEL",
+                   help="distil this model (presets fast-dw16, fast-lite; e.g. convfocus-default)")
     p.set_defaults(func=_run_train)
 
 
@@ -277,6 +279,7 @@ def _run_train(args: argparse.Namespace) -> int:
     cfg = preset_config(
         args.preset, arch=args.arch, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         optimizer=args.optimizer, workers=args.workers, val_every=args.val_every, seed=args.seed,
+        teacher=args.teacher,
     )
     if args.noise_s:
         from dataclasses import replace

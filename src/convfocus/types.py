@@ -26,7 +26,7 @@ class ModelSpec:
 
     name: str
     version: str
-    arch: str  # "paper" | "lite" | "large"
+    arch: str  # convfocus.training.model.ARCHS: "paper", "lite", "large", "w8", "dw16"
     num_classes: int = NUM_CLASSES
     window_px: int = 139
     stride_px: int = 128

@@ -58,7 +58,7 @@ def test_round_trip(tmp_path: Path) -> None:
     assert load_model(base.with_suffix(".json"))[1] == spec  # a suffix is accepted
 
 
-@pytest.mark.parametrize("arch", ["lite", "paper"])
+@pytest.mark.parametrize("arch", ["lite", "paper", "dw16"])
 def test_onnx_matches_torch(tmp_path: Path, region: np.ndarray, arch: str) -> None:
     base = tmp_path / f"m-{arch}"
     save_model(base, trained_looking(arch), spec_for(arch), onnx=True)

@@ -65,6 +65,10 @@ def test_multiply_adds() -> None:
     assert paper == pytest.approx(23e6, rel=0.05)
     assert lite == pytest.approx(1.5e6, rel=0.05)
     assert 14 < paper / lite < 17
+    # depthwise 3x3 per channel + pointwise 16 -> 16, twice, on 67² maps, after Conv2d_1a
+    dw = 69**2 * 3 * 16 * 9 + 2 * 67**2 * (16 * 9 + 16 * 16) + 16 * 30
+    assert multiply_adds(build_model("dw16")) == dw
+    assert multiply_adds(build_model("w8")) == 69**2 * 3 * 8 * 9 + 2 * 67**2 * 64 * 9 + 8 * 30
 
 
 def test_feature_geometry() -> None:

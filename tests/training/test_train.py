@@ -9,12 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from convfocus.errors import ConfigError
 from convfocus.io.images import write_png
 from convfocus.synthesis.defocus import SynthesisConfig
 from convfocus.training import train as train_mod
 from convfocus.training.checkpoint import load_model
 from convfocus.training.dataset import Augment, augment, make_example
+from convfocus.training.model import build_model
 from convfocus.training.pool import build_pool
 from convfocus.training.train import preset_config, train
 
@@ -64,6 +67,38 @@ def test_tiny_run_writes_checkpoint_and_model_and_resumes(tiny_pool: Path, tmp_p
     assert spec.training["steps"] == 20
     assert spec.training["val_sources"] == ["s2.png"]
     assert "s2.png" not in spec.training["train_sources"]
+
+
+def test_distillation_loss_is_zero_only_when_the_student_matches() -> None:
+    torch.manual_seed(0)
+    teacher = build_model("lite").eval()
+    x = torch.randn(5, 3, 139, 139)
+    with torch.no_grad():
+        same = teacher(x)
+    assert train_mod.distillation_loss(same, teacher, x).item() == pytest.approx(0, abs=1e-6)
+    other = same + torch.randn_like(same)
+    assert train_mod.distillation_loss(other, teacher, x).item() > 0.01
+    # the temperature softens both sides; T² keeps the loss's scale
+    assert train_mod.distillation_loss(other, teacher, x, 2.0).item() > 0
+
+
+def test_a_student_preset_needs_a_teacher() -> None:
+    with pytest.raises(ConfigError, match="--teacher"):
+        preset_config("fast-dw16")
+    assert preset_config("fast-dw16", teacher="convfocus-default").arch == "dw16"
+
+
+@pytest.mark.usefixtures("small_validation")
+def test_distillation_run_records_its_teacher(tiny_pool: Path, tmp_path: Path) -> None:
+    teacher = train(tiny_pool, tmp_path / "t", tiny_config(2, every=2), name="teacher")
+    cfg = preset_config("fast-dw16", teacher=str(teacher), steps=3, batch_size=4, workers=0,
+                        val_every=3, ckpt_every=3, warmup_steps=1)
+    base = train(tiny_pool, tmp_path / "s", cfg, name="student")
+    _, spec = load_model(base)
+    assert spec.arch == "dw16"
+    d = spec.training["distilled_from"]
+    assert d["name"] == "teacher" and d["arch"] == "lite" and len(d["sha256"]) == 64
+    assert spec.training["config"]["distill"] == 0.7
 
 
 @pytest.mark.usefixtures("small_validation")

@@ -8,6 +8,9 @@ Three architectures, all 139 x 139 RGB in, 30 logits out, BatchNorm + ReLU:
 - ``large``: ablation configuration 5 ("modified Inception"): the stem continued to
   ``MaxPool_5a_3x3`` (Conv2d_3b_1x1, Conv2d_4a_3x3) with ``depth_multiplier = 0.5``
   (16, 16, 32, 40, 96 filters).
+- ``w8``: the ``paper`` stem with 8 filters in each conv (a student for ``--model fast``).
+- ``dw16``: the ``paper`` stem with Conv2d_2a and 2b depthwise-separable (a 3 x 3 conv per
+  channel, then a 1 x 1 conv across the 16 channels, each with BatchNorm + ReLU).
 
 The head averages the final feature map and applies a linear 30-way classifier; as
 a convolution (``forward_dense``) the same weights grade every window of a large
@@ -25,7 +28,7 @@ from torch.nn import functional as F
 
 from convfocus import NUM_CLASSES
 
-ARCHS = ("paper", "lite", "large")
+ARCHS = ("paper", "lite", "large", "w8", "dw16")
 
 
 def slim_depth(d: int, multiplier: float, min_depth: int) -> int:
@@ -47,13 +50,28 @@ class ConvBN(nn.Module):
 
 def stem_depths(arch: str) -> tuple[int, ...]:
     """Filters of each conv of the stem for an architecture name."""
-    if arch == "paper":
+    if arch in ("paper", "dw16"):
         return tuple(slim_depth(d, 0.1, 16) for d in (32, 32, 64))
+    if arch == "w8":
+        return (8, 8, 8)
     if arch == "lite":
         return tuple(slim_depth(d, 0.1, 1) for d in (32, 32, 64))
     if arch == "large":
         return tuple(slim_depth(d, 0.5, 16) for d in (32, 32, 64, 80, 192))
     raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHS}")
+
+
+class SepConvBN(nn.Module):
+    """Depthwise-separable ConvBN: a k x k conv per channel, then a 1 x 1 conv across them."""
+
+    def __init__(self, cin: int, cout: int, k: int, padding: int = 0) -> None:
+        super().__init__()
+        self.depthwise = nn.Conv2d(cin, cin, k, padding=padding, groups=cin, bias=False)
+        self.bn_dw = nn.BatchNorm2d(cin, eps=1e-3, momentum=0.003)
+        self.pointwise = ConvBN(cin, cout, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pointwise(F.relu(self.bn_dw(self.depthwise(x)), inplace=True))
 
 
 class ConvFocusNet(nn.Module):
@@ -68,10 +86,11 @@ class ConvFocusNet(nn.Module):
         super().__init__()
         self.arch = arch
         d = stem_depths(arch)
+        conv = SepConvBN if arch == "dw16" else ConvBN
         layers: list[nn.Module] = [
             ConvBN(3, d[0], 3, stride=2),  # Conv2d_1a_3x3, VALID
-            ConvBN(d[0], d[1], 3),  # Conv2d_2a_3x3, VALID
-            ConvBN(d[1], d[2], 3, padding=1),  # Conv2d_2b_3x3, SAME
+            conv(d[0], d[1], 3),  # Conv2d_2a_3x3, VALID
+            conv(d[1], d[2], 3, padding=1),  # Conv2d_2b_3x3, SAME
             nn.MaxPool2d(3, stride=2),  # MaxPool_3a_3x3, VALID
         ]
         self.total_stride = 4
@@ -136,12 +155,13 @@ def multiply_adds(model: ConvFocusNet, window: int = 139) -> int:
     total = 0
     size = window
     for layer in model.features:
-        if isinstance(layer, ConvBN):
-            conv = layer.conv
+        convs = ([layer.conv] if isinstance(layer, ConvBN) else
+                 [layer.depthwise, layer.pointwise.conv] if isinstance(layer, SepConvBN) else [])
+        for conv in convs:
             k = int(conv.kernel_size[0])
             pad = conv.padding[0] if isinstance(conv.padding, tuple) else 0
             size = (size + 2 * int(pad) - k) // int(conv.stride[0]) + 1
-            total += size * size * conv.in_channels * conv.out_channels * k * k
-        elif isinstance(layer, nn.MaxPool2d):
+            total += size * size * conv.in_channels * conv.out_channels * k * k // conv.groups
+        if isinstance(layer, nn.MaxPool2d):
             size = (size - 3) // 2 + 1
     return total + model.fc.in_features * model.fc.out_features

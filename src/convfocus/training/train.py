@@ -64,6 +64,12 @@ class TrainConfig:
     #: constant of about 330 steps, which leaves a short run's exported model far worse
     #: than its weights.
     precise_bn_batches: int = 16
+    #: Distillation: the model whose probabilities the network learns (a name or path), and
+    #: the weight of that soft target in the loss (the rest is the synthetic class). The
+    #: teacher grades each training batch as the student sees it (same crop, same colours).
+    teacher: str | None = None
+    distill: float = 0.0
+    temperature: float = 1.0
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -92,6 +98,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "v2-large": {"arch": "large",
                  "synthesis": SynthesisConfig("bokeh", density_prob=0.4, stain_prob=0.5,
                                               jpeg_quality=(30, 90))},
+    # students for `--model fast`, distilled from a teacher (`--teacher MODEL`) on the
+    # grader-v2 synthesis: 0.7 of the loss matches the teacher's probabilities
+    "fast-dw16": {"arch": "dw16", "distill": 0.7,
+                  "synthesis": SynthesisConfig("bokeh", density_prob=0.4, stain_prob=0.5,
+                                               jpeg_quality=(30, 90))},
+    "fast-lite": {"arch": "lite", "distill": 0.7,
+                  "synthesis": SynthesisConfig("bokeh", density_prob=0.4, stain_prob=0.5,
+                                               jpeg_quality=(30, 90))},
 }
 
 
@@ -101,7 +115,12 @@ def preset_config(preset: str, **overrides: Any) -> TrainConfig:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     kw = dict(PRESETS[preset])
     kw.update({k: v for k, v in overrides.items() if v is not None})
-    return TrainConfig(preset=preset, **kw)
+    cfg = TrainConfig(preset=preset, **kw)
+    if cfg.distill > 0 and cfg.teacher is None:
+        raise ConfigError(f"preset {preset!r} distils a teacher: name one with --teacher MODEL")
+    if not 0 <= cfg.distill <= 1:
+        raise ConfigError(f"the distillation weight must be in [0, 1], not {cfg.distill}")
+    return cfg
 
 
 class SyntheticStream(torch.utils.data.IterableDataset):
@@ -191,6 +210,16 @@ def _lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
+def distillation_loss(logits: torch.Tensor, teacher: torch.nn.Module, x: torch.Tensor,
+                      temperature: float = 1.0) -> torch.Tensor:
+    """KL(teacher || student) on probabilities softened by ``temperature`` (Hinton et al.
+    2015), scaled by its square so the gradient keeps its size."""
+    with torch.no_grad():
+        target = F.softmax(teacher(x) / temperature, dim=1)
+    log_p = F.log_softmax(logits / temperature, dim=1)
+    return F.kl_div(log_p, target, reduction="batchmean") * temperature**2
+
+
 def _optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:  # type: ignore[no-untyped-def]
     if cfg.optimizer == "rmsprop":
         return torch.optim.RMSprop(params, lr=cfg.lr, alpha=0.9, eps=1.0, momentum=0.9)
@@ -270,6 +299,18 @@ def train(
                      "config": src_spec.training.get("config"),
                      "init_from": src_spec.training.get("init_from")}  # the whole lineage
         log.info("starting from the weights of %s", src_spec.name)
+    teacher, distilled_from = None, None
+    if cfg.teacher is not None and cfg.distill > 0:
+        from convfocus.grading.modelfile import model_sha256, resolve_model_path
+        from convfocus.training.checkpoint import load_model
+
+        teacher, teacher_spec = load_model(cfg.teacher)
+        teacher = teacher.to(dev).eval()
+        distilled_from = {"name": teacher_spec.name, "version": teacher_spec.version,
+                          "arch": teacher_spec.arch,
+                          "examples": teacher_spec.training.get("examples"),
+                          "sha256": model_sha256(resolve_model_path(cfg.teacher))}
+        log.info("distilling %s (weight %.2f)", teacher_spec.name, cfg.distill)
     vx, vy = validation_set(val_x, cfg.synthesis)
     loader = torch.utils.data.DataLoader(
         SyntheticStream(train_x, cfg, step), batch_size=None, num_workers=cfg.workers,
@@ -300,8 +341,12 @@ def train(
             xb, yb = next(it)
             for g in opt.param_groups:
                 g["lr"] = _lr_at(cfg, step)
-            logits = net(to_input(xb).to(dev))
+            xin = to_input(xb).to(dev)
+            logits = net(xin)
             loss = F.cross_entropy(logits, yb.to(dev), label_smoothing=cfg.label_smoothing)
+            if teacher is not None:
+                loss = (1 - cfg.distill) * loss + cfg.distill * distillation_loss(
+                    logits, teacher, xin, cfg.temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -334,7 +379,7 @@ def train(
             "train_patches": len(train_x), "val_patches": len(val_x),
             "train_sources": sorted({r["source"] for r in train_rows}),
             "val_sources": sorted({r["source"] for r in val_rows}),
-            "device": str(dev), "init_from": init_from,
+            "device": str(dev), "init_from": init_from, "distilled_from": distilled_from,
         },
         metrics={"validation": final},
     )
