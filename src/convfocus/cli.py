@@ -75,7 +75,8 @@ _stride_px = _bounded(int, lo=16, hi=1024, what="an integer", hint=" model px")
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
-                   help="model name or path to its .json (default: the shipped model)")
+                   help="model: 'default' (the shipped grader), 'fast' (its distilled "
+                   "student, about twice the speed), another name or a path to its .json")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
                    help="where the model runs (default cpu; auto = CUDA when ONNX Runtime "
                    "can use it: the onnxruntime-gpu package)")

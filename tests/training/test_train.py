@@ -69,6 +69,23 @@ def test_tiny_run_writes_checkpoint_and_model_and_resumes(tiny_pool: Path, tmp_p
     assert "s2.png" not in spec.training["train_sources"]
 
 
+@pytest.mark.usefixtures("small_validation")
+def test_a_checkpoint_from_before_new_settings_resumes_quietly(
+        tiny_pool: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "run"
+    train(tiny_pool, out, tiny_config(2, every=2), name="tiny")
+    state = torch.load(out / "ckpt.pt", weights_only=False)
+    for key in ("teacher", "distill", "temperature"):  # settings added later take defaults
+        del state["config"][key]
+    torch.save(state, out / "ckpt.pt")
+    with caplog.at_level("WARNING"):
+        train(tiny_pool, out, tiny_config(4, every=2), name="tiny")
+    assert "resuming with the settings" not in caplog.text
+    with caplog.at_level("WARNING"):  # a real change is still reported
+        train(tiny_pool, out, replace(tiny_config(6, every=2), lr=0.5), name="tiny")
+    assert "resuming with the settings" in caplog.text
+
+
 def test_distillation_loss_is_zero_only_when_the_student_matches() -> None:
     torch.manual_seed(0)
     teacher = build_model("lite").eval()

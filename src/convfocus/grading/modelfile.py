@@ -26,6 +26,9 @@ from convfocus.io.atomic import write_bytes_atomic
 from convfocus.types import ModelSpec
 
 DEFAULT_MODEL = "convfocus-default"
+#: Short names of the shipped models: ``--model fast`` is the student distilled from the
+#: default (docs/model-card.md, "The fast grader").
+MODEL_ALIASES = {"default": DEFAULT_MODEL, "fast": "convfocus-fast"}
 
 #: Input of ``NAME.onnx``: float32 (N, 3, H, W), ``(x / 255 - mean) / std``.
 ONNX_INPUT_NORMALISED = "image"
@@ -41,10 +44,13 @@ def packaged_models_dir() -> Path:
 
 
 def resolve_model_path(model: str | Path | None) -> Path:
-    """``None`` -> the shipped default; a name -> a shipped model; else a path (with or
-    without suffix) to ``.json``/``.safetensors``/``.onnx``. Returns the path without suffix."""
+    """``None`` -> the shipped default; a name (or an alias of :data:`MODEL_ALIASES`) -> a
+    shipped model; else a path (with or without suffix) to ``.json``/``.safetensors``/
+    ``.onnx``. Returns the path without suffix."""
     if model is None:
         model = DEFAULT_MODEL
+    if isinstance(model, str) and model in MODEL_ALIASES and not Path(model).exists():
+        model = MODEL_ALIASES[model]
     p = Path(model)
     if p.suffix in (".json", ".safetensors", ".onnx"):
         p = p.with_suffix("")

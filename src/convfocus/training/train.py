@@ -272,7 +272,8 @@ def train(
     state: dict[str, Any] | None = None
     if ckpt.is_file():
         state = torch.load(ckpt, map_location=dev, weights_only=False)
-        if _fixed(state["config"]) != _fixed(_config_dict(cfg)):
+        # through config_from_dict, so that settings added since the run began take defaults
+        if _fixed(_config_dict(config_from_dict(state["config"]))) != _fixed(_config_dict(cfg)):
             log.warning("resuming with the settings the run was started with (they differ from "
                         "the ones given now, except %s)", ", ".join(RESUMABLE_CHANGES))
         cfg = replace(config_from_dict(state["config"]),
