@@ -136,13 +136,149 @@ def test_class_counts_ignores_non_tissue():
     assert counts[0] == 2 and counts[5] == 1 and counts[29] == 1 and counts.sum() == 4
 
 
-def test_rendering_never_touches_pyplot():
+def test_rendering_never_imports_matplotlib():
+    # the scan draws its figures without matplotlib: importing it costs about 0.8 CPU-s
     code = (
         "import sys, numpy as np\n"
         "import convfocus.grading.heatmap as h\n"
-        "assert 'matplotlib' not in sys.modules\n"  # no import-time matplotlib
-        "h.heatmap_png(np.zeros((4, 4), int)); h.histogram_png(np.zeros(5, int))\n"
-        "assert 'matplotlib.pyplot' not in sys.modules\n"
+        "from convfocus.types import GridGeometry\n"
+        "cm = np.arange(30).reshape(5, 6) - 1\n"
+        "h.class_colors(); h.bucket_colors()\n"
+        "h.heatmap_png(cm); h.heatmap_png(cm, background='none', title='t')\n"
+        "h.histogram_png(cm, title='t'); h.histogram_png(np.full(4, -1))\n"
+        "grid = GridGeometry((0, 0), 128, 139, 5, 6)\n"
+        "h.overlay_png(np.full((40, 48, 3), 200, np.uint8), cm, grid, th_downsample=16.0,\n"
+        "              title='t')\n"
+        "h.render_figure(np.zeros((3000, 20, 3), np.uint8))\n"
+        "assert 'matplotlib' not in sys.modules, sorted(m for m in sys.modules if 'matplotlib' in m)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 10, 29, 30, 31, 64, 255, 256, 257, 1000])
+def test_class_colors_are_matplotlibs_jet_exactly(n):
+    colormaps = pytest.importorskip("matplotlib").colormaps
+    pos = np.linspace(0.0, 1.0, n) if n > 1 else np.zeros(1)
+    expected = np.round(np.asarray(colormaps["jet"](pos))[:, :3] * 255.0).astype(np.uint8)
+    np.testing.assert_array_equal(hm.class_colors(n), expected)
+
+
+def test_jet_lookup_table_is_matplotlibs():
+    colormaps = pytest.importorskip("matplotlib").colormaps
+    jet = colormaps["jet"]
+    assert jet.N == 256
+    np.testing.assert_array_equal(hm._jet_lut(), np.asarray(jet(np.arange(256)))[:, :3])
+
+
+# the layout of render_figure: pad 12 px, title band 40 px, legend 130 px, colour bar at least
+# 320 px tall, 24 px for the no-tissue key
+def _cell_centres(cm: np.ndarray, cell: int, x0: int = 12, y0: int = 12):
+    for r in range(cm.shape[0]):
+        for c in range(cm.shape[1]):
+            yield r, c, y0 + r * cell + cell // 2, x0 + c * cell + cell // 2
+
+
+def _read(png: bytes) -> np.ndarray:
+    """RGB or RGBA."""
+    img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert img is not None and img.ndim == 3
+    return img[..., [2, 1, 0, 3][: img.shape[2]]]
+
+
+def test_heatmap_png_size_and_the_class_colours_of_its_cells():
+    rng = np.random.default_rng(3)
+    cm = rng.integers(-1, 30, (20, 30))
+    img = _read(hm.heatmap_png(cm))
+    cell = 900 // 30  # cells enlarged to about 900 px on the longest side
+    assert img.shape == (12 + 20 * cell + 12 + 24, 12 + 30 * cell + 130, 3)  # opaque: RGB
+    colors = hm.class_colors()
+    for r, c, y, x in _cell_centres(cm, cell):
+        want = colors[cm[r, c]] if cm[r, c] >= 0 else (0, 0, 0)  # no tissue: black
+        np.testing.assert_array_equal(img[y, x], want, err_msg=f"cell {r, c}")
+    # cells are crisp squares: nearest neighbour, not smoothed
+    r, c = 4, 7
+    block = img[12 + r * cell : 12 + (r + 1) * cell, 12 + c * cell : 12 + (c + 1) * cell]
+    assert (block == block[0, 0]).all()
+
+
+def test_heatmap_png_transparent_where_there_is_no_tissue():
+    cm = np.full((6, 8), -1)
+    cm[1:5, 2:7] = np.arange(20).reshape(4, 5)
+    img = _read(hm.heatmap_png(cm, background="none"))
+    cell = 900 // 8
+    assert img.shape[2] == 4 and img.shape[:2] == (12 + 6 * cell + 36, 12 + 8 * cell + 130)
+    colors = hm.class_colors()
+    for r, c, y, x in _cell_centres(cm, cell):
+        if cm[r, c] < 0:
+            assert img[y, x, 3] == 0, (r, c)
+        else:
+            np.testing.assert_array_equal(img[y, x], [*colors[cm[r, c]], 255])
+    assert img[0, 0, 3] == 0 and img[-1, -1, 3] == 0  # the margins too
+    # the colour bar stays opaque: class 0 at its bottom, class 29 at its top
+    bar_x = 12 + 8 * cell + 18 + 10
+    bar_bottom, bar_top = 12 + 6 * cell - 3, 12 + 3
+    np.testing.assert_array_equal(img[bar_bottom, bar_x], [*colors[0], 255])
+    np.testing.assert_array_equal(img[bar_top, bar_x], [*colors[29], 255])
+    # the legend's text, antialiased: partly covered pixels of the black text
+    legend = img[12 : 12 + 6 * cell, bar_x + 12 :]
+    assert ((legend[..., 3] > 0) & (legend[..., 3] < 255)).sum() > 100
+    assert (legend[..., 3] == 255).sum() > 100
+
+
+def test_render_figure_scales_the_image_into_range():
+    small = np.zeros((2, 3, 3), np.uint8)
+    small[0, 0] = (255, 0, 0)
+    img = _read(hm.render_figure(small, show_no_tissue_key=False))
+    # enlarged to 360 px (nearest neighbour): 120 px per pixel
+    assert img.shape[:2] == (12 + 320 + 12, 12 + 360 + 130)
+    np.testing.assert_array_equal(img[12 : 12 + 120, 12 : 12 + 120].reshape(-1, 3).max(0),
+                                  [255, 0, 0])
+    np.testing.assert_array_equal(img[12 : 12 + 120, 12 : 12 + 120].reshape(-1, 3).min(0),
+                                  [255, 0, 0])
+    big = np.zeros((1000, 2800, 3), np.uint8)
+    big[:, ::2] = 200  # stripes average out where reduced
+    img = _read(hm.render_figure(big, title="a title"))
+    assert img.shape[:2] == (40 + 500 + 12 + 24, 12 + 1400 + 130)
+    assert abs(int(img[300, 700, 0]) - 100) <= 1
+
+
+def test_figures_draw_nothing_at_their_edges():
+    # nothing clipped: the outermost pixels of the figures stay background
+    cm = np.arange(30).reshape(5, 6)
+    for png in (hm.heatmap_png(cm, title="OOF classes of a slide"), hm.histogram_png(cm),
+                hm.histogram_png(cm, title="Share of tissue"),
+                hm.render_figure(np.zeros((400, 40, 3), np.uint8))):
+        img = _read(png)
+        for edge in (img[:3], img[-3:], img[:, :3], img[:, -3:]):
+            assert (edge == 255).all()
+
+
+def test_histogram_bars_have_the_class_colours():
+    classes = np.concatenate([np.full(n, k) for k, n in ((0, 5), (3, 20), (12, 40), (29, 35))]
+                             + [np.full(50, -1)])
+    img = _read(hm.histogram_png(classes))
+    assert img.shape == (340, 900, 3)
+    colors = hm.class_colors()
+    area = {}
+    for k in range(30):
+        hits = np.argwhere((img == colors[k]).all(axis=2))
+        if k in (0, 3, 12, 29):
+            area[k] = len(hits)
+            # a bar 0.8 class wide at the class' place: x from -0.7 to 29.7 over 810 px
+            x0, x1 = (72 + (k + d + 0.7) * 810 / 30.4 for d in (-0.4, 0.4))
+            assert x0 - 1 <= hits[:, 1].min() < hits[:, 1].max() <= x1 + 1
+            assert hits[:, 1].max() - hits[:, 1].min() >= 0.8 * 810 / 30.4 - 4
+        else:
+            assert len(hits) == 0, k
+    # heights follow the shares: 5, 20, 40 and 35 % of the tissue
+    assert area[0] < area[3] < area[29] < area[12]
+    assert area[12] / area[3] == pytest.approx(2.0, rel=0.1)
+
+
+def test_histogram_labels_its_buckets():
+    # the darker text of the bucket labels over the top of the plot, and axis labels
+    img = _read(hm.histogram_png(np.arange(30)))
+    top = img[27 : 27 + 30, 72:882]
+    assert (top.max(axis=2) < 128).sum() > 50
+    below = img[290:340, 72:882]
+    assert (below.max(axis=2) < 128).sum() > 200

@@ -8,8 +8,10 @@ with ``-1`` where there is no tissue, checked once where it is made
 overlap (139 px window, 128 px stride), so for drawing each cell owns only its
 ``stride x stride`` square, which tiles the plane without gaps or overlaps.
 
-Everything here is pure: arrays in, arrays or PNG bytes out. Figures are drawn
-with :class:`matplotlib.figure.Figure` on the Agg canvas, never through pyplot.
+Everything here is pure: arrays in, arrays or PNG bytes out. Figures are drawn in
+pixels without matplotlib (importing it would cost a scan more CPU than drawing them): boxes
+and lines with numpy, text with Pillow's built-in scalable font (antialiased), PNG encoded
+with OpenCV (:func:`convfocus.io.images.png_bytes`).
 
 References: the "jet" colormap from class 0 (blue, in focus) to 29 (red,
 strongly out of focus), Kohlberger et al. 2019, Figure 3.
@@ -17,30 +19,61 @@ strongly out of focus), Kohlberger et al. 2019, Figure 3.
 
 from __future__ import annotations
 
-import io
+import math
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from convfocus import NUM_CLASSES
+from convfocus.errors import OutputError
 from convfocus.types import OOF_BUCKETS as BUCKETS
 from convfocus.types import GridGeometry
+
+if TYPE_CHECKING:
+    from PIL.ImageFont import FreeTypeFont
 
 LEGEND_LABEL = "OOF class (0 in focus .. 29 strongly out of focus)"
 
 
 # --- colours -----------------------------------------------------------------------------------
 
+#: matplotlib's "jet" (``matplotlib/_cm.py``): per channel, rows ``(x, y0, y1)`` of a piecewise
+#: linear map of [0, 1] onto [0, 1].
+_JET_SEGMENTS: dict[str, tuple[tuple[float, float, float], ...]] = {
+    "red": ((0.0, 0, 0), (0.35, 0, 0), (0.66, 1, 1), (0.89, 1, 1), (1.0, 0.5, 0.5)),
+    "green": ((0.0, 0, 0), (0.125, 0, 0), (0.375, 1, 1), (0.64, 1, 1), (0.91, 0, 0),
+              (1.0, 0, 0)),
+    "blue": ((0.0, 0.5, 0.5), (0.11, 1, 1), (0.34, 1, 1), (0.65, 0, 0), (1.0, 0, 0)),
+}
+
+#: Entries of the lookup table matplotlib samples jet into (``colormaps["jet"].N``).
+_JET_N = 256
+
+
+def _jet_lut(n: int = _JET_N) -> np.ndarray:
+    """``(n, 3)`` float64: jet's lookup table, by the arithmetic of matplotlib's
+    ``matplotlib.colors._create_lookup_table`` (gamma 1), so its colours to the bit."""
+    xind = (n - 1) * np.linspace(0, 1, n)
+    lut = np.empty((n, 3))
+    for ch, name in enumerate(("red", "green", "blue")):
+        seg = np.array(_JET_SEGMENTS[name], dtype=float)
+        x, y0, y1 = seg[:, 0] * (n - 1), seg[:, 1], seg[:, 2]
+        ind = np.searchsorted(x, xind)[1:-1]
+        distance = (xind[1:-1] - x[ind - 1]) / (x[ind] - x[ind - 1])
+        lut[:, ch] = np.clip(np.concatenate(
+            [[y1[0]], distance * (y0[ind] - y1[ind - 1]) + y1[ind - 1], [y0[-1]]]), 0.0, 1.0)
+    return lut
+
 
 @lru_cache(maxsize=8)
 def _class_colors_cached(num_classes: int) -> np.ndarray:
-    from matplotlib import colormaps
-
-    jet = colormaps["jet"]
+    # matplotlib's Colormap.__call__ on floats: entry int(x * N) of the table, x == 1 -> N - 1
     pos = np.linspace(0.0, 1.0, num_classes) if num_classes > 1 else np.zeros(1)
-    rgb = np.asarray(jet(pos))[:, :3]
+    xa = pos * _JET_N
+    xa[xa == _JET_N] = _JET_N - 1
+    rgb = _jet_lut()[np.clip(xa.astype(int), 0, _JET_N - 1)]
     out = np.round(rgb * 255.0).astype(np.uint8)
     out.setflags(write=False)
     return out
@@ -48,6 +81,9 @@ def _class_colors_cached(num_classes: int) -> np.ndarray:
 
 def class_colors(num_classes: int = NUM_CLASSES) -> np.ndarray:
     """Jet colours of the classes, ``(num_classes, 3)`` uint8: class 0 dark blue .. last red.
+
+    The colours of matplotlib's ``colormaps["jet"]`` at ``linspace(0, 1, num_classes)``,
+    computed without matplotlib (its segment data and 256-entry table, bit for bit).
 
     References: Kohlberger et al. 2019, Figure 3 (jet colormap).
     """
@@ -222,39 +258,252 @@ def hatch(shape: tuple[int, int], *, period_px: int | None = None, phase: float 
 
 
 # --- figures with a legend ---------------------------------------------------------------------
+#
+# Laid out in pixels as the matplotlib figures they replace were (font sizes and line widths in
+# points at ``dpi``): boxes and lines are numpy slices of an RGBA canvas, text is Pillow's
+# built-in scalable font, antialiased and composited over it. Importing matplotlib alone costs
+# more CPU than a scan's figures take to draw this way (docs/performance.md).
+
+_BLACK = (0, 0, 0)
+_SPINE = (0x88, 0x88, 0x88)
+_DARK = (0x33, 0x33, 0x33)
+_MUTED = (0x66, 0x66, 0x66)
+_BAND = (0xF0, 0xF0, 0xF0)
 
 
-def _new_figure(width_px: int, height_px: int, dpi: int) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi, facecolor="white")
-    FigureCanvasAgg(fig)
-    return fig
+#: Pillow's built-in font (Aileron) is set this much larger than the size asked for: its
+#: letters are smaller and narrower than DejaVu Sans' (matplotlib's) at the same size.
+_FONT_SCALE = 1.1
 
 
-def _to_png(fig: Any, dpi: int) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, facecolor=fig.get_facecolor(),
-                metadata={"Software": "convfocus"})
-    return buf.getvalue()
+@lru_cache(maxsize=16)
+def _font(size_px: float) -> FreeTypeFont:
+    """Pillow's built-in scalable font, as large as DejaVu Sans at ``size_px`` pixels per em."""
+    from PIL import ImageFont
+
+    font = ImageFont.load_default(size=size_px * _FONT_SCALE)
+    if not isinstance(font, ImageFont.FreeTypeFont):  # pragma: no cover - Pillow sans FreeType
+        raise OutputError("drawing the figures' text needs Pillow with FreeType "
+                          "(the PyPI wheels have it)")
+    return font
 
 
-def _draw_colorbar(fig: Any, cax: Any, num_classes: int, buckets: Sequence[tuple[int, int]]) -> None:
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import BoundaryNorm, ListedColormap
+#: Width of a space between words, in em: Aileron's own (0.22 em) runs small words together
+#: at these sizes ("(0 in focus"); DejaVu Sans' is 0.32 em.
+_SPACE_EM = 0.3
 
-    cmap = ListedColormap(class_colors(num_classes) / 255.0)
-    norm = BoundaryNorm(np.arange(-0.5, num_classes + 0.5), ncolors=num_classes)
-    cb = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax, orientation="vertical")
-    ticks = sorted({lo for lo, _ in buckets} | {num_classes - 1})
-    cb.set_ticks(ticks)
-    cb.set_ticklabels([str(t) for t in ticks])
-    cb.ax.tick_params(labelsize=9)
+
+def _line(text: str, font: FreeTypeFont) -> tuple[np.ndarray, float, int]:
+    """Coverage (float32 in [0, 1]) of one line of text drawn word by word, spaces
+    ``_SPACE_EM`` wide, the left end of its baseline at pixel ``(margin, margin + ascent)``;
+    its advance width and the margin (room for ink beyond the advance box)."""
+    from PIL import Image, ImageDraw
+
+    ascent, descent = font.getmetrics()
+    words = text.split(" ")
+    space = max(font.getlength(" "), _SPACE_EM * font.size)
+    advances = [font.getlength(word) for word in words]
+    total = sum(advances) + space * (len(words) - 1)
+    margin = math.ceil(0.25 * font.size) + 1
+    img = Image.new("L", (math.ceil(total) + 2 * margin, ascent + descent + 2 * margin))
+    draw = ImageDraw.Draw(img)
+    x = float(margin)
+    for word, advance in zip(words, advances, strict=True):
+        if word:
+            draw.text((x, margin + ascent), word, font=font, fill=255, anchor="ls")
+        x += advance + space
+    return np.asarray(img, dtype=np.float32) / 255.0, total, margin
+
+
+def _crop(cov: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """``cov`` cut to its ink, and the row and column where the cut starts."""
+    rows, cols = np.flatnonzero(cov.any(axis=1)), np.flatnonzero(cov.any(axis=0))
+    if not rows.size:
+        return np.zeros((1, 1), np.float32), 0, 0
+    return cov[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], int(rows[0]), int(cols[0])
+
+
+def _text_mask(text: str, size_px: float, anchor: str) -> tuple[np.ndarray, int, int]:
+    """Coverage ``(h, w)`` float32 in [0, 1] of ``text`` placed by ``anchor`` at the origin,
+    and the offset ``(dx, dy)`` of its top-left pixel from that point.
+
+    ``anchor`` as Pillow's: horizontal ``l`` (left end), ``m`` (middle) or ``r`` (right end)
+    of the advance; vertical ``s`` (baseline), ``m`` (half-way between the ascender and
+    descender lines), ``a`` (ascender line) or ``t`` (top of the ink).
+    """
+    font = _font(size_px)
+    ascent, descent = font.getmetrics()
+    cov, total, margin = _line(text, font)
+    cov, top, left = _crop(cov)
+    ax = margin + {"l": 0.0, "m": total / 2, "r": total}[anchor[0]]
+    baseline = margin + ascent
+    ay = {"s": baseline, "m": baseline + (descent - ascent) / 2, "a": margin,
+          "t": top}[anchor[1]]
+    return cov, round(left - ax), round(top - ay)
+
+
+def _lines_mask(lines: Sequence[str], size_px: float) -> np.ndarray:
+    """Coverage of lines of text centred on each other, 1.2 em apart, cut to the ink (a
+    text block, to be turned)."""
+    font = _font(size_px)
+    drawn = [_line(line, font) for line in lines]
+    step = round(1.2 * size_px)
+    widest = max(total for _, total, _ in drawn)
+    first = drawn[0][0]
+    block = np.zeros((step * (len(lines) - 1) + first.shape[0],
+                      math.ceil(widest) + first.shape[1]), np.float32)
+    for i, (cov, total, _) in enumerate(drawn):
+        x = round((widest - total) / 2)
+        part = block[i * step : i * step + cov.shape[0], x : x + cov.shape[1]]
+        np.maximum(part, cov, out=part)
+    return _crop(block)[0]
+
+
+def _rgba(color: str) -> tuple[int, int, int, int]:
+    """A colour name or ``#rrggbb[aa]`` as RGBA; ``"none"``: transparent."""
+    if color.lower() in ("none", "transparent"):
+        return (0, 0, 0, 0)
+    from PIL import ImageColor
+
+    rgb = ImageColor.getrgb(color)
+    return (rgb[0], rgb[1], rgb[2], rgb[3] if len(rgb) == 4 else 255)
+
+
+class _Canvas:
+    """An RGBA figure of ``width x height`` pixels, drawn on in place."""
+
+    def __init__(self, width: int, height: int, background: tuple[int, int, int, int]) -> None:
+        self.px = np.empty((height, width, 4), np.uint8)
+        self.px[:] = background
+
+    def _clip(self, x0: int, y0: int, x1: int, y1: int) -> tuple[int, int, int, int]:
+        h, w = self.px.shape[:2]
+        return max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+
+    def fill(self, x0: int, y0: int, x1: int, y1: int, color: Sequence[int]) -> None:
+        """Set the box ``[x0, x1) x [y0, y1)`` to ``color`` (RGB opaque, or RGBA)."""
+        x0, y0, x1, y1 = self._clip(x0, y0, x1, y1)
+        if x1 > x0 and y1 > y0:
+            self.px[y0:y1, x0:x1] = (*color[:3], color[3] if len(color) > 3 else 255)
+
+    def frame(self, x0: int, y0: int, x1: int, y1: int, color: Sequence[int],
+              width: int = 1) -> None:
+        """Lines ``width`` px wide just outside the box ``[x0, x1) x [y0, y1)``."""
+        self.fill(x0 - width, y0 - width, x1 + width, y0, color)
+        self.fill(x0 - width, y1, x1 + width, y1 + width, color)
+        self.fill(x0 - width, y0, x0, y1, color)
+        self.fill(x1, y0, x1 + width, y1, color)
+
+    def over(self, x: int, y: int, premul: np.ndarray, alpha: np.ndarray) -> None:
+        """Composite ``premul`` ((h, w, 3) float, 0..255, premultiplied by ``alpha``, (h, w) in
+        [0, 1]) over the canvas with its top-left pixel at ``(x, y)``."""
+        h, w = alpha.shape
+        x0, y0, x1, y1 = self._clip(x, y, x + w, y + h)
+        if x1 <= x0 or y1 <= y0:
+            return
+        a = alpha[y0 - y : y1 - y, x0 - x : x1 - x, None]
+        dst = self.px[y0:y1, x0:x1]
+        dst_a = dst[..., 3:].astype(np.float32) / 255.0
+        out_a = a + dst_a * (1.0 - a)
+        out = (premul[y0 - y : y1 - y, x0 - x : x1 - x] + dst[..., :3] * (dst_a * (1.0 - a)))
+        dst[..., :3] = np.clip(np.rint(out / np.maximum(out_a, 1e-6)), 0, 255)
+        dst[..., 3:] = np.clip(np.rint(out_a * 255.0), 0, 255)
+
+    def _cover(self, x: int, y: int, mask: np.ndarray, rgb: Sequence[int]) -> None:
+        self.over(x, y, mask[..., None] * np.asarray(rgb[:3], np.float32), mask)
+
+    def text(self, x: float, y: float, text: str, size_px: float, rgb: Sequence[int] = _BLACK,
+             *, anchor: str = "ls") -> tuple[int, int, int, int]:
+        """Draw ``text`` with Pillow's ``anchor`` (``"ls"``: left end of the baseline) at
+        ``(x, y)``; returns the box it covers, ``(x0, y0, x1, y1)``."""
+        mask, dx, dy = _text_mask(text, size_px, anchor)
+        x0, y0 = round(x) + dx, round(y) + dy
+        self._cover(x0, y0, mask, rgb)
+        return x0, y0, x0 + mask.shape[1], y0 + mask.shape[0]
+
+    def vtext(self, x: float, y_centre: float, lines: Sequence[str], size_px: float,
+              rgb: Sequence[int] = _BLACK, *, right: bool = False) -> tuple[int, int, int, int]:
+        """Lines of text turned to read upwards (the first line leftmost), centred on
+        ``y_centre``, starting at ``x`` (ending there with ``right``); returns its box."""
+        mask = np.ascontiguousarray(np.rot90(_lines_mask(lines, size_px)))
+        h, w = mask.shape
+        x0, y0 = round(x) - (w if right else 0), round(y_centre - h / 2)
+        self._cover(x0, y0, mask, rgb)
+        return x0, y0, x0 + w, y0 + h
+
+    def image(self, x: int, y: int, img: np.ndarray, width: int, height: int) -> None:
+        """Draw ``img`` (RGB or RGBA uint8) at ``(x, y)`` scaled to ``width x height``: nearest
+        neighbour where it grows, area averaging (of premultiplied colours) where it shrinks."""
+        import cv2
+
+        h, w = img.shape[:2]
+        grows = width >= w and height >= h
+        interp = cv2.INTER_NEAREST_EXACT if grows else cv2.INTER_AREA
+
+        def fit(a: np.ndarray) -> np.ndarray:
+            if (width, height) == (w, h):
+                return a
+            return cv2.resize(np.ascontiguousarray(a), (width, height), interpolation=interp)
+
+        x0, y0, x1, y1 = self._clip(x, y, x + width, y + height)
+        if img.shape[2] == 3 or bool((img[..., 3] == 255).all()):  # opaque: copied
+            self.px[y0:y1, x0:x1, :3] = fit(img[..., :3])[y0 - y : y1 - y, x0 - x : x1 - x]
+            self.px[y0:y1, x0:x1, 3] = 255
+            return
+        if grows and bool(np.isin(img[..., 3], (0, 255)).all()):  # a heatmap: opaque or not
+            big = fit(img)[y0 - y : y1 - y, x0 - x : x1 - x]
+            opaque = big[..., 3] == 255
+            self.px[y0:y1, x0:x1][opaque] = big[opaque]
+            return
+        alpha = img[..., 3].astype(np.float32) / 255.0
+        premul = img[..., :3].astype(np.float32) * alpha[..., None]
+        self.over(x, y, fit(premul), fit(alpha))
+
+    def png(self, *, alpha: bool) -> bytes:
+        """The canvas as PNG: RGBA with ``alpha``, else RGB."""
+        from convfocus.io.images import png_bytes
+
+        return png_bytes(self.px if alpha else self.px[..., :3])
+
+
+def _as_u8(img: np.ndarray) -> np.ndarray:
+    """Image values as uint8: floats are taken as 0..1, integers as 0..255 (as imshow)."""
+    if img.dtype == np.uint8:
+        return img
+    if np.issubdtype(img.dtype, np.floating):
+        img = img * 255.0
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def _draw_colorbar(canvas: _Canvas, x0: int, y0: int, width: int, height: int,
+                   num_classes: int, buckets: Sequence[tuple[int, int]], pt: float) -> None:
+    """The class colour bar at ``(x0, y0)``, ``width x height``: one band per class (class 0
+    at the bottom), white lines between buckets, a tick at every class, labelled at each
+    bucket's first class and the last class, and the legend's label turned beside it."""
+    colors = class_colors(num_classes)
+    y1 = y0 + height
+    edges = [y1 - round(k * height / num_classes) for k in range(num_classes + 1)]
+    for k in range(num_classes):
+        canvas.fill(x0, edges[k + 1], x0 + width, edges[k], colors[k])
+    sep = max(1, round(1.2 * pt))
     for lo, _ in buckets[1:]:
-        cb.ax.axhline(lo - 0.5, color="white", linewidth=1.2)
-    label = LEGEND_LABEL.replace(" (", "\n(")
-    cb.set_label(label, fontsize=9)
+        if 0 < lo < num_classes:
+            canvas.fill(x0, edges[lo] - sep // 2, x0 + width, edges[lo] - sep // 2 + sep,
+                        (255, 255, 255))
+    lw = max(1, round(0.8 * pt))
+    canvas.frame(x0, y0, x0 + width, y1, _BLACK, lw)
+    labelled = sorted({lo for lo, _ in buckets if 0 <= lo < num_classes} | {num_classes - 1})
+    tick_x = x0 + width + lw
+    label_x = tick_x + round(3.5 * pt) + round(3.5 * pt)
+    right = label_x
+    for k in range(num_classes):
+        yc = y1 - (k + 0.5) * height / num_classes
+        length = round(3.5 * pt) if k in labelled else round(2.0 * pt)
+        canvas.fill(tick_x, math.floor(yc), tick_x + length, math.floor(yc) + lw, _BLACK)
+        if k in labelled:
+            right = max(right, canvas.text(label_x, yc, str(k), 9 * pt, anchor="lm")[2])
+    lines = LEGEND_LABEL.replace(" (", "\n(").split("\n")  # "OOF class", "(0 in focus ..)"
+    canvas.vtext(right + round(4 * pt), y0 + height / 2, lines, 9 * pt)
 
 
 def render_figure(
@@ -280,55 +529,48 @@ def render_figure(
         Optional title above the image.
     background
         Colour behind transparent pixels (no tissue), black as in the paper's figures;
-        ``"none"`` keeps them transparent (and the figure's margins too).
+        ``"none"`` keeps them transparent (and the figure's margins too): an RGBA PNG, else
+        RGB.
     show_no_tissue_key
         Add a small "no tissue" swatch under the colorbar.
     min_side_px, max_side_px
         The image is drawn with its longest side clamped to this range (nearest
-        neighbour when enlarged, antialiased when reduced).
+        neighbour when enlarged, area averaging when reduced).
+    dpi
+        Pixels per inch of the text and lines, whose sizes are in points.
     """
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[2] not in (3, 4) or img.shape[0] < 1 or img.shape[1] < 1:
         raise ValueError(f"image must be (h, w, 3|4), got shape {img.shape}")
+    img = _as_u8(img)
     h, w = img.shape[:2]
     scale = min(max(1.0, min_side_px / max(h, w)), max_side_px / max(h, w))
     disp_w, disp_h = max(1, round(w * scale)), max(1, round(h * scale))
+    pt = dpi / 72.0
 
     pad, top = 12, (40 if title else 12)
     legend_w = 130
     bar_h = max(disp_h, 320)
     fig_w = pad + disp_w + legend_w
     fig_h = top + max(disp_h, bar_h) + pad + (24 if show_no_tissue_key else 0)
-    fig = _new_figure(fig_w, fig_h, dpi)
-    if background == "none":  # transparent: no tissue shows whatever lies underneath
-        fig.set_facecolor((1.0, 1.0, 1.0, 0.0))
+    bg = _rgba(background)
+    transparent = bg[3] < 255  # no tissue shows whatever lies underneath
+    canvas = _Canvas(fig_w, fig_h, (255, 255, 255, 0) if transparent else (255, 255, 255, 255))
 
-    def box(x: float, y_top: float, bw: float, bh: float) -> list[float]:
-        return [x / fig_w, 1.0 - (y_top + bh) / fig_h, bw / fig_w, bh / fig_h]
-
-    ax = fig.add_axes(box(pad, top, disp_w, disp_h))
-    ax.set_facecolor(background)
-    ax.imshow(img, interpolation="nearest" if scale >= 1.0 else "antialiased",
-              extent=(0, w, h, 0))
-    ax.set_xlim(0, w)
-    ax.set_ylim(h, 0)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for spine in ax.spines.values():
-        spine.set_color("#888888")
+    canvas.fill(pad, top, pad + disp_w, top + disp_h, bg)
+    canvas.image(pad, top, img, disp_w, disp_h)
+    canvas.frame(pad, top, pad + disp_w, top + disp_h, _SPINE, max(1, round(0.8 * pt)))
     if title:
-        fig.text(pad / fig_w, 1.0 - 26 / fig_h, title, fontsize=12, ha="left", va="baseline")
+        canvas.text(pad, 26, title, 12 * pt)
 
-    cax = fig.add_axes(box(pad + disp_w + 18, top, 20, bar_h))
-    _draw_colorbar(fig, cax, num_classes, buckets)
+    bar_x = pad + disp_w + 18
+    _draw_colorbar(canvas, bar_x, top, 20, bar_h, num_classes, buckets, pt)
     if show_no_tissue_key:
-        kax = fig.add_axes(box(pad + disp_w + 18, top + bar_h + 8, 20, 14))
-        kax.set_facecolor(background)
-        kax.set_xticks([])
-        kax.set_yticks([])
-        fig.text((pad + disp_w + 44) / fig_w, 1.0 - (top + bar_h + 19) / fig_h, "no tissue",
-                 fontsize=9, ha="left", va="baseline")
-    return _to_png(fig, dpi)
+        key_y = top + bar_h + 8
+        canvas.fill(bar_x, key_y, bar_x + 20, key_y + 14, bg)
+        canvas.frame(bar_x, key_y, bar_x + 20, key_y + 14, _BLACK, max(1, round(0.8 * pt)))
+        canvas.text(pad + disp_w + 44, top + bar_h + 19, "no tissue", 9 * pt)
+    return canvas.png(alpha=transparent)
 
 
 def heatmap_png(
@@ -383,6 +625,18 @@ def class_counts(classes: np.ndarray, *, num_classes: int = NUM_CLASSES) -> np.n
     return np.bincount(arr, minlength=num_classes)[:num_classes]
 
 
+def _nice_ticks(vmax: float, max_intervals: int) -> tuple[list[float], int]:
+    """Ticks ``0, step, 2 step .. <= vmax``, step 1, 2, 2.5 or 5 x 10^k, the smallest giving
+    at most ``max_intervals`` intervals (as matplotlib's default locator); and the decimals
+    their labels need."""
+    raw = vmax / max(1, max_intervals)
+    mag = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1.0, 2.0, 2.5, 5.0, 10.0) if m * mag >= raw * (1 - 1e-9))
+    n = math.floor(vmax / step + 1e-9)
+    decimals = next(d for d in range(8) if abs(round(step, d) - step) < 1e-9 * step)
+    return [i * step for i in range(n + 1)], decimals
+
+
 def histogram_png(
     classes: np.ndarray,
     *,
@@ -393,41 +647,80 @@ def histogram_png(
     height_px: int = 340,
     dpi: int = 100,
 ) -> bytes:
-    """Bar chart of the share of tissue per class, bars in the class colours; PNG bytes.
+    """Bar chart of the share of tissue per class, bars in the class colours; PNG bytes (RGB).
 
     ``classes`` is a class map or any array of classes (-1 = no tissue, ignored).
-    Buckets are shaded alternately and labelled with their share.
+    Buckets are shaded alternately and labelled with their share. ``dpi``: pixels per inch
+    of the text and lines, whose sizes are in points.
     """
     counts = class_counts(classes, num_classes=num_classes)
     total = int(counts.sum())
     share = counts / total * 100.0 if total else np.zeros(num_classes)
-    colors = class_colors(num_classes) / 255.0
+    colors = class_colors(num_classes)
+    pt = dpi / 72.0
+    lw = max(1, round(0.8 * pt))
+    tick = round(3.5 * pt)
 
-    fig = _new_figure(width_px, height_px, dpi)
-    ax = fig.add_axes([0.08, 0.16, 0.9, 0.7 if title else 0.76])
+    canvas = _Canvas(width_px, height_px, (255, 255, 255, 255))
+    # the plot area: the matplotlib axes [0.08, 0.16, 0.9, 0.7 | 0.76] of the figure
+    ax_l, ax_r = round(0.08 * width_px), round(0.98 * width_px)
+    ax_b = round(0.84 * height_px)
+    ax_t = round(ax_b - (0.7 if title else 0.76) * height_px)
+    x_lo, x_hi = -0.7, num_classes - 0.3
+    ymax = max(5.0, float(share.max()) * 1.18) if total else 5.0
+
+    def px_x(v: float) -> float:
+        return ax_l + (v - x_lo) / (x_hi - x_lo) * (ax_r - ax_l)
+
+    def px_y(v: float) -> float:
+        return ax_b - v / ymax * (ax_b - ax_t)
+
     for i, (lo, hi) in enumerate(buckets):
         if i % 2 == 0:
-            ax.axvspan(lo - 0.5, hi + 0.5, color="#f0f0f0", zorder=0)
-    x = np.arange(num_classes)
-    ax.bar(x, share, width=0.8, color=colors, edgecolor="#333333", linewidth=0.4, zorder=2)
-    ymax = max(5.0, float(share.max()) * 1.18) if total else 5.0
-    ax.set_ylim(0, ymax)
-    ax.set_xlim(-0.7, num_classes - 0.3)
-    ax.set_xticks(x)
-    ax.set_xticklabels([str(i) if i % 5 == 0 or i == num_classes - 1 else "" for i in x],
-                       fontsize=9)
-    ax.tick_params(axis="y", labelsize=9)
-    ax.set_xlabel(LEGEND_LABEL, fontsize=9)
-    ax.set_ylabel("share of tissue (%)", fontsize=9)
+            canvas.fill(max(ax_l, round(px_x(lo - 0.5))), ax_t,
+                        min(ax_r, round(px_x(hi + 0.5))), ax_b, _BAND)
+    for k in range(num_classes):
+        if share[k] <= 0:
+            continue
+        bx0, bx1 = round(px_x(k - 0.4)), round(px_x(k + 0.4))
+        by0 = min(ax_b - 1, round(px_y(float(share[k]))))  # at least a line of pixels
+        canvas.fill(bx0, by0, bx1, ax_b, colors[k])
+        # the bars' thin dark edge (0.4 pt): half-way between the colour and #333333
+        edge = tuple((int(c) + 0x33) // 2 for c in colors[k])
+        canvas.frame(bx0 + 1, by0 + 1, bx1 - 1, ax_b + 1, edge)
+
+    # axes: left and bottom spines, ticks and their labels
+    canvas.fill(ax_l - lw, ax_t, ax_l, ax_b + lw, _BLACK)
+    canvas.fill(ax_l - lw, ax_b, ax_r, ax_b + lw, _BLACK)
+    label_top = ax_b + lw + tick + round(3.5 * pt)
+    label_bottom = label_top
+    for k in range(num_classes):
+        x = math.floor(px_x(k))
+        canvas.fill(x, ax_b + lw, x + lw, ax_b + lw + tick, _BLACK)
+        if k % 5 == 0 or k == num_classes - 1:
+            label_bottom = max(label_bottom,
+                               canvas.text(px_x(k), label_top, str(k), 9 * pt, anchor="mt")[3])
+    max_intervals = max(1, min(9, int((ax_b - ax_t) / pt / (2 * 9))))
+    ticks, decimals = _nice_ticks(ymax, max_intervals)
+    label_left = ax_l
+    for v in ticks:
+        y = math.floor(px_y(v))
+        canvas.fill(ax_l - lw - tick, y, ax_l - lw, y + lw, _BLACK)
+        box = canvas.text(ax_l - lw - tick - round(3.5 * pt), px_y(v), f"{v:.{decimals}f}",
+                          9 * pt, anchor="rm")
+        label_left = min(label_left, box[0])
+    canvas.text((ax_l + ax_r) / 2, label_bottom + round(4 * pt), LEGEND_LABEL, 9 * pt,
+                anchor="mt")
+    canvas.vtext(label_left - round(4 * pt), (ax_t + ax_b) / 2, ["share of tissue (%)"], 9 * pt,
+                 right=True)
+
     for lo, hi in buckets:
         b = float(share[lo : hi + 1].sum())
-        ax.text((lo + hi) / 2, ymax * 0.97, f"{lo}-{hi}: {b:.1f} %", ha="center", va="top",
-                fontsize=8.5, color="#333333", zorder=3)
+        canvas.text(px_x((lo + hi) / 2), px_y(ymax * 0.97), f"{lo}-{hi}: {b:.1f} %", 8.5 * pt,
+                    _DARK, anchor="mt")
     if not total:
-        ax.text(num_classes / 2, ymax / 2, "no tissue graded", ha="center", va="center",
-                fontsize=12, color="#666666")
-    for spine in ("top", "right"):
-        ax.spines[spine].set_visible(False)
+        canvas.text(px_x(num_classes / 2), px_y(ymax / 2), "no tissue graded", 12 * pt, _MUTED,
+                    anchor="mm")
     if title:
-        fig.text(0.08, 0.93, title, fontsize=11, ha="left")
-    return _to_png(fig, dpi)
+        canvas.text(ax_l, round(0.07 * height_px), title, 11 * pt)
+    return canvas.png(alpha=False)
