@@ -596,6 +596,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", default="32768x24576", help="level-0 WIDTHxHEIGHT (default "
                     "32768x24576: 0.81 GP, about 0.33 GP of tissue)")
     ap.add_argument("--model", default=None, help="model name or path (default: the shipped one)")
+    ap.add_argument("--also-model", default=None, metavar="MODEL",
+                    help="also measure model-only and end to end with this model in the same "
+                    "run (e.g. fast: the distilled student)")
     ap.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
                     help="precision of the end-to-end scan (default fp32)")
     ap.add_argument("--sample", type=int, default=48, help="blocks also graded on one "
@@ -691,6 +694,20 @@ def main(argv: list[str] | None = None) -> int:
                          ["--threads", str(args.threads), "--dense"])
         res["end_to_end_dense"] = {k: v for k, v in e2d.items() if k != "classmap"}
         print(f"  {e2d['wall_s']:.1f} s, {e2d['mp_s']:.1f} MP/s", flush=True)
+    if args.also_model:
+        other = _model_copy(args.also_model)
+        stage(f"model-only, {args.also_model}")
+        res["also"] = {"name": args.also_model,
+                       "model_only": model_only_child(slide, other, args.threads, block, 0,
+                                                      ("fp32",))["fp32"]}
+        stage(f"end to end, {args.also_model}")
+        e2o = end_to_end(slide, other, "fp32", ["--threads", str(args.threads)])
+        res["also"]["end_to_end"] = {k: v for k, v in e2o.items() if k != "classmap"}
+        agree = e2o["classmap"][e2o["classmap"] >= 0] - e2e["classmap"][e2o["classmap"] >= 0]
+        res["also"]["agreement"] = {"within1": float(np.mean(np.abs(agree) <= 1)),
+                                    "within3": float(np.mean(np.abs(agree) <= 3)),
+                                    "mean_diff": float(np.mean(agree))}
+        print(f"  {e2o['wall_s']:.1f} s, {e2o['mp_s']:.1f} MP/s", flush=True)
     import importlib.util
 
     missing = [m for m in ("torch", "tiffslide") if importlib.util.find_spec(m) is None]
@@ -760,6 +777,15 @@ def _print_table(res: dict[str, Any], main_grader: str) -> None:
             rows.append((f"**{label}**", x["mp_s"], x["mp_cpu_s"], x["l0_mp_s"],
                          x["peak_rss_mb"], (f"{x['wall_s']:.1f} s wall, {x['cpu_s']:.1f} CPU-s, "
                          f"runtime_s {x['runtime_s']:.1f}")))
+    if "also" in res:
+        a, x = res["also"], res["also"]["end_to_end"]
+        rows.append((f"model-only `--model {a['name']}`, windows graded exactly",
+                     a["model_only"]["mp_s"], a["model_only"]["mp_cpu_s"],
+                     a["model_only"]["l0_mp_s"] or na, na,
+                     f"{a['model_only']['gmac_cpu_s']:.1f} GMAC per CPU-s"))
+        rows.append((f"**end to end `convfocus scan --model {a['name']}`**", x["mp_s"],
+                     x["mp_cpu_s"], x["l0_mp_s"], x["peak_rss_mb"],
+                     f"{x['wall_s']:.1f} s wall, {x['cpu_s']:.1f} CPU-s"))
     if fl:
         rows.append(("FocusLiteNN-1 as shipped (PyTorch, every level-0 pixel)", na, na,
                      fl["l0_mp_s"], fl["process_peak_rss_mb"],
@@ -786,6 +812,17 @@ def _print_table(res: dict[str, Any], main_grader: str) -> None:
               f"{fl['l0_mp_s']:.1f}), per CPU-s {e['l0_mp_cpu_s'] / fl['l0_mp_cpu_s']:.2f}x "
               f"({e['l0_mp_cpu_s']:.1f} vs {fl['l0_mp_cpu_s']:.1f}); peak RSS "
               f"{e['peak_rss_mb']:.0f} vs {fl['process_peak_rss_mb']:.0f} MB")
+    if "also" in res:
+        a, x = res["also"], res["also"]["end_to_end"]
+        print(f"--model {a['name']}: end to end / model-only (tissue MP/s): wall "
+              f"{x['mp_s'] / a['model_only']['mp_s']:.0%}, per CPU-s "
+              f"{x['mp_cpu_s'] / a['model_only']['mp_cpu_s']:.0%}; end to end / the default's: "
+              f"{x['mp_s'] / e['mp_s']:.2f}x wall"
+              + (f"; / FocusLiteNN-1 (level-0 MP/s): {x['l0_mp_s'] / fl['l0_mp_s']:.2f}x wall"
+                 if fl else "")
+              + f"; classes within ±1 of the default's on {a['agreement']['within1']:.1%} of "
+              f"windows (±3: {a['agreement']['within3']:.1%}, mean difference "
+              f"{a['agreement']['mean_diff']:+.2f})")
     cpu = res["cpu"]
     if ref:
         peak = cpu["peak_gmac_s_per_core"]
