@@ -103,6 +103,18 @@ def _report_html(summary=None):
     )
 
 
+def test_a_student_model_names_its_teacher_in_summary_and_report():
+    from dataclasses import replace
+
+    assert _summary()["model"]["distilled_from"] is None
+    assert "student" not in _report_html()
+    student = replace(SPEC, name="convfocus-fast", arch="dw16",
+                      training={"distilled_from": {"name": "convfocus-default"}})
+    s = _summary(_result(spec=student))
+    assert s["model"]["distilled_from"] == "convfocus-default"
+    assert "a faster student of convfocus-default" in _report_html(s)
+
+
 def test_report_is_self_contained():
     page = _report_html()
     assert page.startswith("<!DOCTYPE html>")

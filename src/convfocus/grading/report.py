@@ -185,6 +185,9 @@ def build_summary(
             "stride_px": spec.stride_px,
             "num_classes": spec.num_classes,
             "blur": spec.blur,
+            # a student (`--model fast`) names its teacher: its grades are the teacher's,
+            # approximated (docs/model-card.md, "The fast grader")
+            "distilled_from": (spec.training.get("distilled_from") or {}).get("name"),
         },
         "grid": g.to_dict(),
         "settings": dict(result.settings),
@@ -362,6 +365,9 @@ def _summary_rows(s: Mapping[str, Any]) -> list[tuple[str, str]]:
         f"{_e(model.get('arch'))}, window {_e(model.get('window_px'))} px, "
         f"stride {_e(model.get('stride_px'))} px"
     )
+    if model.get("distilled_from"):
+        detail += (f"; a faster student of {_e(model['distilled_from'])}, less accurate on "
+                   "pale or sparse tissue")
     model_txt = (
         f"{_e(model.get('name'))} {_e(model.get('version'))} "
         f"<span class='muted'>({detail})</span>"
