@@ -348,3 +348,20 @@ def test_more_blur_never_gives_a_better_verdict():
             before = verdict_rank(verdict(cm, name)["verdict"])
             after = verdict_rank(verdict(worse, name)["verdict"])
             assert after >= before, (name, cm, worse)
+
+
+@pytest.mark.parametrize("eight", [True, False])
+def test_label_cells_numbers_components_as_scipy_does(eight: bool) -> None:
+    from scipy import ndimage
+
+    from convfocus.grading.regions import label_cells
+
+    rng = np.random.default_rng(7)
+    structure = np.ones((3, 3), bool) if eight else None
+    for shape, p in (((40, 60), 0.35), ((1, 50), 0.5), ((25, 25), 0.6), ((9, 9), 1.0),
+                     ((9, 9), 0.0)):
+        mask = rng.random(shape) < p
+        labels, boxes = label_cells(mask, eight=eight)
+        ref, n = ndimage.label(mask, structure=structure)
+        assert np.array_equal(labels, ref) and len(boxes) == n
+        assert boxes == ndimage.find_objects(ref)

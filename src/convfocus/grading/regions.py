@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
-from scipy import ndimage
 
 from convfocus import NUM_CLASSES
 from convfocus.errors import ConfigError
@@ -49,7 +49,28 @@ __all__ = [
     "verdict_rank",
 ]
 
-_EIGHT = np.ones((3, 3), dtype=bool)
+def label_cells(mask: np.ndarray, *, eight: bool = True
+                ) -> tuple[np.ndarray, list[tuple[slice, slice]]]:
+    """Connected components of a 2-D bool grid, 8- or 4-connected: int32 labels ``1..n``
+    (0 outside), numbered in raster order of each component's first cell as
+    ``scipy.ndimage.label`` numbers them, and each component's bounding box as slices.
+
+    OpenCV's labelling: importing ``scipy.ndimage`` cost every scan 0.2-0.35 s.
+    """
+    m = np.ascontiguousarray(mask, dtype=np.uint8)
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8 if eight else 4,
+                                                        ltype=cv2.CV_32S)
+    if n <= 1:
+        return np.zeros(m.shape, np.int32), []
+    found, first = np.unique(lab.ravel(), return_index=True)
+    first_of = np.full(n, lab.size, np.int64)
+    first_of[found] = first
+    order = np.argsort(first_of[1:], kind="stable") + 1  # OpenCV's labels in raster order
+    remap = np.zeros(n, np.int32)
+    remap[order] = np.arange(1, n, dtype=np.int32)
+    boxes = [(slice(int(y), int(y + h)), slice(int(x), int(x + w)))
+             for x, y, w, h in stats[order, :4]]
+    return remap[lab], boxes
 
 #: Cells of this class and above count as out of focus in regions and the pattern (buckets
 #: 10-14 and above; the verdict profiles set their own).
@@ -312,14 +333,12 @@ def oof_regions(
     if min_cells < 1:
         raise ValueError(f"min_cells must be >= 1, got {min_cells}")
     oof = cm >= min_class
-    labels, _ = ndimage.label(oof, structure=_EIGHT)
+    labels, boxes = label_cells(oof)
     cell_um2 = None if mpp is None else (grid.l0_stride_px * mpp) ** 2
     x0, y0 = grid.l0_origin_px
     s = grid.l0_stride_px
     features: list[dict[str, Any]] = []
-    for k, sl in enumerate(ndimage.find_objects(labels), start=1):
-        if sl is None:
-            continue
+    for k, sl in enumerate(boxes, start=1):
         sub = labels[sl] == k
         n_cells = int(sub.sum())
         if n_cells < min_cells:
@@ -406,9 +425,9 @@ def _lanes_along(
         return []
     span = tissue_cols[-1] - tissue_cols[0] + 1
     lanes: list[tuple[int, int]] = []
-    labels, n = ndimage.label(hot)
-    for k in range(1, n + 1):
-        idx = np.flatnonzero(labels == k)
+    labels, boxes = label_cells(hot[None, :], eight=False)
+    for k in range(1, len(boxes) + 1):
+        idx = np.flatnonzero(labels[0] == k)
         a, b = int(idx[0]), int(idx[-1])
         width = b - a + 1
         if width > max_width_share * span:
@@ -486,8 +505,8 @@ def oof_pattern(
     n_tissue = int(tissue.sum())
     n_oof = int(oof.sum())
     share = n_oof / n_tissue if n_tissue else 0.0
-    labels, n_regions = ndimage.label(oof, structure=_EIGHT)
-    largest = int(np.bincount(labels.ravel())[1:].max()) if n_regions else 0
+    labels, boxes = label_cells(oof)
+    largest = int(np.bincount(labels.ravel())[1:].max()) if boxes else 0
 
     if n_oof == 0:
         pattern = "none"
@@ -526,7 +545,7 @@ def oof_pattern(
         "oof_share": share,
         "oof_cells": n_oof,
         "tissue_cells": n_tissue,
-        "n_regions": int(n_regions),
+        "n_regions": len(boxes),
         "largest_region_cells": largest,
         "scan_lanes": bool(lanes),
         "lane_direction": direction,
@@ -748,8 +767,8 @@ def verdict(
                 "largest_region_cells": 0}
     bad = cm >= p.oof_min_class
     share = int(bad.sum()) / n_tissue
-    labels, n = ndimage.label(bad, structure=_EIGHT)
-    largest = int(np.bincount(labels.ravel())[1:].max()) if n else 0
+    labels, boxes = label_cells(bad)
+    largest = int(np.bincount(labels.ravel())[1:].max()) if boxes else 0
 
     reasons: list[str] = []
     level = "pass"
