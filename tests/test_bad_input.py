@@ -13,19 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cli_helpers import scan
 from convfocus.cli import main
 from convfocus.io.atomic import is_temp_name
 from convfocus.io.images import write_pyramidal_tiff
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-def _scan(capsys: pytest.CaptureFixture[str], model: Path, out: Path, *inputs: Path | str,
-          extra: tuple[str, ...] = ()) -> tuple[int, str, str]:
-    capsys.readouterr()
-    rc = main(["scan", *map(str, inputs), "--out", str(out), "--model", str(model), *extra])
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
 
 
 def _assert_one_clear_line(rc: int, err: str, names: str, *causes: str) -> str:
@@ -127,7 +120,7 @@ def test_bad_input_gives_one_clear_line(case: str, tmp_path: Path, tissue_rgb: n
     }[case]
     path, causes = make(tmp_path)
     out = tmp_path / "out"
-    rc, stdout, err = _scan(capsys, fixture_model, out, path)
+    rc, stdout, err = scan(capsys, fixture_model, out, path)
     _assert_one_clear_line(rc, err, path.name, *causes)
     assert stdout == ""
     _assert_no_partial_output(out, path.stem if path.is_file() else path.name)
@@ -138,7 +131,7 @@ def test_broken_svs_from_shared_data(shared_data: Path, tmp_path: Path, fixture_
     broken = shared_data / "slides" / "broken.svs"
     if not broken.is_file():
         pytest.skip(f"{broken} not present")
-    rc, _, err = _scan(capsys, fixture_model, tmp_path / "out", broken)
+    rc, _, err = scan(capsys, fixture_model, tmp_path / "out", broken)
     _assert_one_clear_line(rc, err, "broken.svs", "not a valid .svs", "corrupt")
     _assert_no_partial_output(tmp_path / "out", "broken")
 
@@ -149,14 +142,14 @@ def test_shared_slide_without_pixel_size(shared_data: Path, tmp_path: Path, fixt
     slide = shared_data / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
     if not slide.is_file():
         pytest.skip(f"{slide} not present")
-    rc, _, err = _scan(capsys, fixture_model, tmp_path / "out", slide)
+    rc, _, err = scan(capsys, fixture_model, tmp_path / "out", slide)
     _assert_one_clear_line(rc, err, slide.name, "--mpp")
     _assert_no_partial_output(tmp_path / "out", slide.stem)
 
 
 def test_missing_model(tmp_path: Path, good_slide: Path, capsys):
     model = tmp_path / "no-such-model"
-    rc, _, err = _scan(capsys, model, tmp_path / "out", good_slide)
+    rc, _, err = scan(capsys, model, tmp_path / "out", good_slide)
     _assert_one_clear_line(rc, err, "no-such-model", "model not found")
     assert not (tmp_path / "out").exists()
 
@@ -179,7 +172,7 @@ def test_output_path_below_a_regular_file(tmp_path: Path, good_slide: Path,
     """An output folder nobody can create, root included."""
     (tmp_path / "file.txt").write_text("a regular file\n")
     out = tmp_path / "file.txt" / "sub"
-    rc, _, err = _scan(capsys, fixture_model, out, good_slide)
+    rc, _, err = scan(capsys, fixture_model, out, good_slide)
     _assert_one_clear_line(rc, err, str(out), "not a directory", "cannot create")
     assert (tmp_path / "file.txt").read_text() == "a regular file\n"
 
@@ -193,7 +186,7 @@ def test_unwritable_folder_with_permission_bits(tmp_path: Path, good_slide: Path
         if not _permission_bits_stop_writes(locked):
             pytest.skip("running as root: permission bits do not stop writes "
                         "(test_output_path_below_a_regular_file covers an unwritable output)")
-        rc, _, err = _scan(capsys, fixture_model, locked, good_slide)
+        rc, _, err = scan(capsys, fixture_model, locked, good_slide)
         _assert_one_clear_line(rc, err, "locked", "not writable", "permission denied")
         _assert_no_partial_output(locked, good_slide.stem)
     finally:
@@ -220,7 +213,7 @@ def test_full_disk_while_writing_outputs(tmp_path: Path, good_slide: Path, fixtu
 
     monkeypatch.setattr(outputs_mod.np, "save", save_then_fail)
     out = tmp_path / "out"
-    rc, _, err = _scan(capsys, fixture_model, out, good_slide)
+    rc, _, err = scan(capsys, fixture_model, out, good_slide)
     monkeypatch.undo()
     assert len(calls) == 2 and "classmap.npy" in calls[0] and "probs.npy" in calls[1]
     line = _assert_one_clear_line(rc, err, good_slide.stem, "no space left on device")
@@ -240,7 +233,7 @@ def test_full_disk_in_an_image_writer(tmp_path: Path, good_slide: Path, fixture_
 
     monkeypatch.setattr(images, "write_png", full)
     out = tmp_path / "out"
-    rc, _, err = _scan(capsys, fixture_model, out, good_slide)
+    rc, _, err = scan(capsys, fixture_model, out, good_slide)
     line = _assert_one_clear_line(rc, err, str(out / good_slide.stem), "no space left on device")
     assert f".{good_slide.stem}." not in line  # not the temporary folder
     _assert_no_partial_output(out, good_slide.stem)
@@ -254,7 +247,7 @@ def test_one_failure_does_not_stop_the_batch(tmp_path: Path, good_slide: Path,
     broken = tmp_path / "broken.svs"
     broken.write_bytes(b"II*\x00" + b"\x00" * 200)
     out = tmp_path / "out"
-    rc, stdout, err = _scan(capsys, fixture_model, out, broken, good_slide)
+    rc, stdout, err = scan(capsys, fixture_model, out, broken, good_slide)
     assert rc == 1
     assert "Traceback" not in err
     from convfocus.grading.scan import is_complete
@@ -277,7 +270,7 @@ def test_failures_are_listed_after_the_progress_lines(tmp_path: Path, good_slide
     out = tmp_path / "out"
     good = tmp_path / "again.tif"
     good.write_bytes(good_slide.read_bytes())
-    rc, _, err = _scan(capsys, fixture_model, out, tmp_path / "missing-1.svs", good,
+    rc, _, err = scan(capsys, fixture_model, out, tmp_path / "missing-1.svs", good,
                        tmp_path / "missing-2.svs")
     assert rc == 1
     lines = err.strip().splitlines()
@@ -327,7 +320,7 @@ def test_bad_model_spec_gives_one_clear_line(text: str, cause: str, tmp_path: Pa
     model = tmp_path / "bad"
     model.with_suffix(".json").write_text(text)
     out = tmp_path / "out"
-    rc, stdout, err = _scan(capsys, model, out, good_slide)
+    rc, stdout, err = scan(capsys, model, out, good_slide)
     line = _assert_one_clear_line(rc, err, "bad.json", cause)
     assert "__init__" not in line and "Error" not in line.split(": error: ", 1)[1]
     assert stdout == ""

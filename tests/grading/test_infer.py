@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from cli_helpers import imported_by
 from convfocus import MODEL_MPP, NUM_CLASSES
 from convfocus.errors import ConfigError, ModelError
 from convfocus.grading.infer import PreparedRegion, cuda_available, load_grader
@@ -227,17 +228,11 @@ def test_folding_on_the_bytes_gives_the_onnx_folded_graph(random_model: Path,
 def test_loading_the_fp32_grader_imports_no_onnx(random_model: Path, tmp_path: Path) -> None:
     """``import onnx`` costs about 0.65 CPU-s (ml_dtypes) at every scan's start: the fp32
     grader loads without it."""
-    import subprocess
-    import sys
-
-    code = ("import sys, numpy as np\n"
+    code = ("import numpy as np\n"
             "from convfocus.grading import infer\n"
             f"g = infer.load_grader({str(random_model)!r})\n"
-            "g.predict_region(np.full((267, 267, 3), 200, np.uint8))\n"
-            "print(sorted(m for m in ('onnx', 'ml_dtypes') if m in sys.modules))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=tmp_path)
-    assert out.stdout.strip() == "[]", out.stderr
+            "g.predict_region(np.full((267, 267, 3), 200, np.uint8))\n")
+    assert imported_by(code, ("onnx", "ml_dtypes"), tmp_path) == []
 
 
 def test_prepared_regions_give_the_same_result(random_model: Path, regions: np.ndarray) -> None:
@@ -349,14 +344,8 @@ def test_fp16_graph_grades_like_fp32(random_model: Path, regions: np.ndarray) ->
 
 def test_grading_never_imports_torch(random_model: Path, tmp_path: Path) -> None:
     """Scanning runs on a lean install (no PyTorch): grading imports none of it."""
-    import subprocess
-    import sys
-
-    code = ("import sys, numpy as np\n"
+    code = ("import numpy as np\n"
             "from convfocus.grading import infer, scan, batch\n"
             f"g = infer.load_grader({str(random_model)!r}, device='auto')\n"
-            "g.predict_region(np.full((267, 267, 3), 200, np.uint8))\n"
-            "print('torch' in sys.modules)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=tmp_path)
-    assert out.stdout.strip() == "False", out.stderr
+            "g.predict_region(np.full((267, 267, 3), 200, np.uint8))\n")
+    assert imported_by(code, ("torch",), tmp_path) == []

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
-from convfocus.cli import main
+from cli_helpers import scan
 from convfocus.errors import NoTissueError
 from convfocus.grading import report as rp
 from convfocus.grading.outputs import OUTPUT_FILES
@@ -27,14 +27,6 @@ from convfocus.io.images import read_image, write_pyramidal_tiff
 from convfocus.types import GridGeometry, ModelSpec
 
 NEG = "negatives"
-
-
-def _scan(capsys: pytest.CaptureFixture[str], model: Path, out: Path, *inputs: Path | str,
-          extra: tuple[str, ...] = ()) -> tuple[int, str, str]:
-    capsys.readouterr()
-    rc = main(["scan", *map(str, inputs), "--out", str(out), "--model", str(model), *extra])
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
 
 
 def _summary(folder: Path) -> dict:
@@ -54,7 +46,7 @@ def _index(out: Path) -> dict[str, dict[str, str]]:
 def test_pen_ink_alone_is_not_graded_as_blur(name: str, shared_data: Path, tmp_path: Path,
                                              fixture_model: Path, capsys) -> None:
     """Both were graded class 24 and RESCAN: ink is left out, and the slide has no tissue."""
-    rc, stdout, _ = _scan(capsys, fixture_model, tmp_path / "out", shared_data / NEG / name)
+    rc, stdout, _ = scan(capsys, fixture_model, tmp_path / "out", shared_data / NEG / name)
     assert rc == 0
     s = _summary(tmp_path / "out" / Path(name).stem)
     assert s["windows_graded"] == 0 and s["tissue_area_mm2"] == 0
@@ -72,7 +64,7 @@ def test_inked_tissue_keeps_its_tissue_and_reports_the_ink(shared_data: Path, tm
     """Real tissue with red ink on about 4 % of it: the ink is reported, the rest graded."""
     path = shared_data / NEG / "histolab-high-nuclei-score-red-pen-level1.png"
     out = tmp_path / "out"
-    rc, _, _ = _scan(capsys, fixture_model, out, path, extra=("--mpp", "1.0"))
+    rc, _, _ = scan(capsys, fixture_model, out, path, extra=("--mpp", "1.0"))
     assert rc == 0
     s = _summary(out / path.stem)
     assert 0.02 < s["ink_share"] < 0.08
@@ -128,7 +120,7 @@ def test_blank_slide_is_a_qc_result_not_a_failure(tmp_path: Path, fixture_model:
     blank = write_pyramidal_tiff(tmp_path / "blank-glass.tif",
                                  np.full((768, 1024, 3), 250, np.uint8), mpp=0.25)
     out = tmp_path / "out"
-    rc, stdout, err = _scan(capsys, fixture_model, out, blank)
+    rc, stdout, err = scan(capsys, fixture_model, out, blank)
     assert rc == 0 and "Traceback" not in err and "luma" not in err + stdout
     folder = out / "blank-glass"
     assert all((folder / f).is_file() for f in OUTPUT_FILES)
@@ -150,7 +142,7 @@ def test_fat_is_explained_in_plain_words(shared_data: Path, tmp_path: Path,
                                          fixture_model: Path, capsys) -> None:
     """Mostly fat: what little is graded is too little, and the reason says why in words."""
     path = shared_data / "infocus" / "histolab-low-nuclei-score-level0.png"
-    rc, _, _ = _scan(capsys, fixture_model, tmp_path / "out", path)
+    rc, _, _ = scan(capsys, fixture_model, tmp_path / "out", path)
     assert rc == 0
     v = _summary(tmp_path / "out" / path.stem)["verdict"]
     assert v["verdict"] in ("insufficient-tissue", "no-tissue")
@@ -162,7 +154,7 @@ def test_a_tiny_slide_gets_insufficient_tissue_not_a_verdict_on_focus(
     """A 0.01 mm² "slide" was given RESCAN: there was no least gradable tissue."""
     tiny = write_pyramidal_tiff(tmp_path / "tiny-field.tif",
                                 np.ascontiguousarray(tissue_rgb[400:800, 400:800]), mpp=0.25)
-    rc, stdout, _ = _scan(capsys, fixture_model, tmp_path / "out", tiny)
+    rc, stdout, _ = scan(capsys, fixture_model, tmp_path / "out", tiny)
     assert rc == 0
     s = _summary(tmp_path / "out" / "tiny-field")
     assert 0.005 < s["tissue_area_mm2"] < 0.02
@@ -212,7 +204,7 @@ def test_report_and_index_show_the_share_the_verdict_counts() -> None:
 def test_overlay_png_has_no_legend_of_its_own(tmp_path: Path, pyramid_tiff: Path,
                                               fixture_model: Path, capsys) -> None:
     """overlay.png carried a tiny colour bar that the report showed beside its own legend."""
-    rc, _, _ = _scan(capsys, fixture_model, tmp_path / "out", pyramid_tiff)
+    rc, _, _ = scan(capsys, fixture_model, tmp_path / "out", pyramid_tiff)
     assert rc == 0
     folder = tmp_path / "out" / pyramid_tiff.stem
     overlay = read_image(folder / "overlay.png")
@@ -242,7 +234,7 @@ def test_a_coarse_slide_says_what_its_pixels_cost(tmp_path: Path, tissue_rgb: np
     slide = write_pyramidal_tiff(tmp_path / "coarse.tif",
                                  np.ascontiguousarray(tissue_rgb[::2, ::2]), mpp=1.0)
     out = tmp_path / "out"
-    rc, stdout, _ = _scan(capsys, fixture_model, out, slide)
+    rc, stdout, _ = scan(capsys, fixture_model, out, slide)
     assert rc == 0
     c = _summary(out / "coarse")["coarse_slide"]
     assert c["ratio"] == 4.0 and c["sharp_floor_class"] == pytest.approx(7.2)
@@ -250,7 +242,7 @@ def test_a_coarse_slide_says_what_its_pixels_cost(tmp_path: Path, tissue_rgb: np
     assert "coarse slide:" in stdout and "about class 7" in stdout and "--native" in stdout
     html = (out / "coarse" / "report.html").read_text()
     assert "Coarse slide." in html and "about class 7" in html
-    rc, stdout, _ = _scan(capsys, fixture_model, tmp_path / "native", slide, extra=("--native",))
+    rc, stdout, _ = scan(capsys, fixture_model, tmp_path / "native", slide, extra=("--native",))
     assert rc == 0 and _summary(tmp_path / "native" / "coarse")["coarse_slide"] is None
     assert "coarse slide" not in stdout
 
@@ -263,7 +255,7 @@ def test_every_output_file_is_0644_under_a_normal_umask(tmp_path: Path, pyramid_
     """thumbnail.png and classmap.png were written 0600: unreadable to the rest of the lab."""
     old = os.umask(0o022)
     try:
-        rc, _, _ = _scan(capsys, fixture_model, tmp_path / "out", pyramid_tiff)
+        rc, _, _ = scan(capsys, fixture_model, tmp_path / "out", pyramid_tiff)
     finally:
         os.umask(old)
     assert rc == 0
