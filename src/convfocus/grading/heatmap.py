@@ -240,15 +240,23 @@ def overlay(
     colour = class_colors(num_classes)[np.maximum(cls, 0)]
     out = np.where((cls >= 0)[..., None], cv2.addWeighted(th, 1.0 - alpha, colour, alpha, 0.0),
                    th)
-    if ink is not None and np.any(ink):
-        ink = np.asarray(ink, dtype=bool)
-        rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
-        y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    ink = None if ink is None else np.asarray(ink, dtype=bool)
+    box_of_ink = None if ink is None else _bbox(ink)
+    if ink is not None and box_of_ink is not None:
+        y0, y1, x0, x1 = box_of_ink
         box = out[y0:y1, x0:x1]
         for phase, level in ((0.0, 30.0), (0.5, 245.0)):
             lines = hatch(th.shape[:2], phase=phase, window=(y0, y1, x0, x1)) & ink[y0:y1, x0:x1]
             box[lines] = np.round(0.2 * box[lines] + 0.8 * level).astype(np.uint8)
     return out
+
+
+def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """``(y0, y1, x0, x1)``: the smallest box holding every non-zero pixel; None if none."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not rows.size:
+        return None
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
 def hatch(shape: tuple[int, int], *, period_px: int | None = None, phase: float = 0.0,
@@ -323,10 +331,11 @@ def _line(text: str, font: FreeTypeFont) -> tuple[np.ndarray, float, int]:
 
 def _crop(cov: np.ndarray) -> tuple[np.ndarray, int, int]:
     """``cov`` cut to its ink, and the row and column where the cut starts."""
-    rows, cols = np.flatnonzero(cov.any(axis=1)), np.flatnonzero(cov.any(axis=0))
-    if not rows.size:
+    box = _bbox(cov)
+    if box is None:
         return np.zeros((1, 1), np.float32), 0, 0
-    return cov[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], int(rows[0]), int(cols[0])
+    y0, y1, x0, x1 = box
+    return cov[y0:y1, x0:x1], y0, x0
 
 
 def _text_mask(text: str, size_px: float, anchor: str) -> tuple[np.ndarray, int, int]:
