@@ -360,16 +360,37 @@ def _add_check_model(sub: argparse._SubParsersAction) -> None:
         "Exits 1 when a required check fails; checks whose data is absent are skipped.")
     _add_model_args(p)
     p.add_argument("--out", default=None, help="write every figure as JSON here")
+    p.add_argument("--against", default=None, metavar="BATTERY_JSON",
+                   help="also set every gated figure beside those of another model's "
+                   "battery (a file written by --out) and say which are better or worse")
     p.set_defaults(func=_run_check_model)
+
+
+def _read_battery(path: Path) -> dict:
+    """A battery result written by ``check-model --out``, or a plain error naming it."""
+    import json
+
+    from convfocus.errors import ConfigError
+
+    try:
+        res = json.loads(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read it ({e.strerror or e})", path) from None
+    except ValueError:
+        raise ConfigError("not a JSON file", path) from None
+    if not isinstance(res, dict) or "failed" not in res:
+        raise ConfigError("not a battery result (write one with check-model --out)", path)
+    return res
 
 
 def _run_check_model(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from convfocus.evaluation.battery import run_battery, summary_rows
+    from convfocus.evaluation.battery import compare, run_battery, summary_rows
     from convfocus.grading.infer import load_grader
 
+    ref = _read_battery(Path(args.against)) if args.against else None
     grader = load_grader(args.model, device=args.device, backend=args.backend,
                          threads=args.threads)
     res = run_battery(grader, _shared_data())
@@ -385,6 +406,16 @@ def _run_check_model(args: argparse.Namespace) -> int:
         print(f"  {check:<{width}}  {figure:<30}  {verdict}")
     for name in res["skipped"]:
         print(f"  {name}: skipped (its data is absent: ../shared/data)")
+    if ref is not None:
+        rows_c = compare(res, ref)
+        other = ref.get("model", {}).get("name", args.against)
+        print(f"against {other} ({args.against}):")
+        width = max(len(r[0]) for r in rows_c)
+        for fig, ours, theirs, word in rows_c:
+            print(f"  {fig:<{width}}  {ours:8.3f}  {theirs:8.3f}  {word}")
+        worse = [r[0] for r in rows_c if r[3] == "worse"]
+        print(f"worse than {other} on: {', '.join(worse)}" if worse
+              else f"better than or the same as {other} on every figure")
     if res["failed"]:
         print(f"FAILED: {', '.join(res['failed'])}")
         return 1

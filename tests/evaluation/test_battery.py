@@ -80,13 +80,51 @@ def test_check_model_exits_non_zero_exactly_when_a_required_check_fails(tmp_path
     from convfocus.cli import main
 
     out = tmp_path / "battery.json"
-    code = main(["check-model", "--out", str(out)])
+    # a reference model that is perfect on calibration and hopeless on synthetic data
+    ref = {"model": {"name": "ref-model"}, "failed": [], "calibration": {"mean_spread": 0.0},
+           "synthetic": {"exact": 0.0, "within1": 0.0, "within3": 0.0, "spearman": 0.0}}
+    (tmp_path / "ref.json").write_text(json.dumps(ref))
+    code = main(["check-model", "--out", str(out), "--against", str(tmp_path / "ref.json")])
     res = json.loads(out.read_text())
     printed = capsys.readouterr().out
     assert code == (1 if res["failed"] else 0)
+    # --against: only the figures both share, each with its verdict
+    assert "worse than ref-model on: calibration spread\n" in printed
+    assert "synthetic exact" in printed and "textureless" not in printed.split("against")[1]
     assert set(res["failed"]) <= set(bt.REQUIRED)
     for name in res["failed"]:
         assert name in printed
     # figures every required check reports
     assert res["synthetic"]["n"] == 1200
     assert len(res["calibration"]["classes"]) == 30
+
+
+def test_compare_sets_every_shared_figure_beside_the_reference():
+    res = {"calibration": {"mean_spread": 2.0},
+           "zstack": {"plane_min": -1, "spearman": {"below": 1.0, "above": 0.997}},
+           "textureless": {"mean_class_at_model_mpp": 4.49, "mean_class_as_stored": 1.0},
+           "real_oof": {"difference": 0.7}}
+    assert {r[3] for r in bt.compare(res, res)} == {"same"}
+    ref = {"calibration": {"mean_spread": 3.5},
+           "zstack": {"plane_min": 0, "spearman": {"below": 0.997, "above": 1.0}},
+           "textureless": {"mean_class_at_model_mpp": 1.9, "mean_class_as_stored": 3.98}}
+    verdicts = {r[0]: r[3] for r in bt.compare(res, ref)}
+    assert verdicts == {
+        "calibration spread": "better",  # lower is better
+        "z-stack, distance of the minimum from plane 0": "worse",
+        "z-stack, Spearman below": "better", "z-stack, Spearman above": "worse",
+        "textureless": "worse",  # the larger of its two readings: 4.49 against 3.98
+    }  # real_oof: absent from the reference, left out
+
+
+def test_check_model_against_a_file_that_is_no_battery_says_so_in_one_line(tmp_path: Path,
+                                                                            capsys):
+    from convfocus.cli import main
+
+    bad = tmp_path / "notes.json"
+    bad.write_text('{"hello": 1}')
+    code = main(["check-model", "--against", str(bad)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1
+    assert str(bad) in err[0] and "not a battery result" in err[0]
+    assert "Error" not in err[0] and "Traceback" not in err[0]

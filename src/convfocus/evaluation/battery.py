@@ -323,6 +323,51 @@ def run_battery(grader: Any, shared_data: Path | None = None, *, gates: Gates = 
     return res
 
 
+def figures(res: Mapping[str, Any]) -> dict[str, tuple[float, int]]:
+    """Every gated figure of a battery result as ``name -> (value, direction)``, direction
+    +1 where higher is better and -1 where lower is better."""
+    out: dict[str, tuple[float, int]] = {}
+    if "calibration" in res:
+        out["calibration spread"] = (res["calibration"]["mean_spread"], -1)
+    if "sharp" in res:
+        sh = res["sharp"]
+        out["sharp, worst source"] = (max(v for n, v in sh["mean_class"].items()
+                                          if n not in sh["upsampled_not_gated"]), -1)
+    if "zstack" in res:
+        z = res["zstack"]
+        out["z-stack, distance of the minimum from plane 0"] = (abs(z["plane_min"]), -1)
+        out["z-stack, Spearman below"] = (z["spearman"]["below"], +1)
+        out["z-stack, Spearman above"] = (z["spearman"]["above"], +1)
+    if "orientation" in res:
+        out["orientation, windows within +-1"] = (res["orientation"]["share_within_1"], +1)
+    if "textureless" in res:
+        t = res["textureless"]
+        out["textureless"] = (max(t["mean_class_at_model_mpp"], t["mean_class_as_stored"]), -1)
+    if "real_oof" in res:
+        out["TCGA@Focus difference"] = (res["real_oof"]["difference"], +1)
+    if "synthetic" in res:
+        for k in ("exact", "within1", "within3", "spearman"):
+            out[f"synthetic {k}"] = (res["synthetic"][k], +1)
+    return out
+
+
+def compare(res: Mapping[str, Any], ref: Mapping[str, Any], *, tolerance: float = 1e-3
+            ) -> list[tuple[str, float, float, str]]:
+    """``(figure, ours, reference, "better" | "same" | "worse")`` for every gated figure the
+    two results share; figures within ``tolerance`` of each other are the same (the battery
+    rounds to 0.01 classes and 0.001 of Spearman)."""
+    ours, theirs = figures(res), figures(ref)
+    rows = []
+    for name, (v, sign) in ours.items():
+        if name not in theirs:
+            continue
+        r = theirs[name][0]
+        d = sign * (v - r)
+        rows.append((name, v, r, "better" if d > tolerance else
+                     "worse" if d < -tolerance else "same"))
+    return rows
+
+
 def summary_rows(res: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     """``(check, figure, verdict)`` rows for the terminal and the model card."""
     def verdict(key: str) -> str:
