@@ -128,3 +128,16 @@ def test_check_model_against_a_file_that_is_no_battery_says_so_in_one_line(tmp_p
     assert code != 0 and len(err) == 1
     assert str(bad) in err[0] and "not a battery result" in err[0]
     assert "Error" not in err[0] and "Traceback" not in err[0]
+
+
+def test_the_reports_sharp_floor_is_the_shipped_models(grader, shared_data: Path):
+    """The coarse-slide note quotes ``report.SHARP_FLOOR``, measured with the shipped model:
+    a new default must bring its own (``check-model``'s ``sharp_floor``)."""
+    from convfocus.grading.report import SHARP_FLOOR
+
+    rows = bt.sharp_floor(grader, bt.held_out_sources(shared_data))["ratios"]
+    medians = [r["median"] for r in rows]
+    assert medians == sorted(medians) and medians[-1] >= medians[0] + 8, rows
+    table = dict(SHARP_FLOOR)
+    for r in rows:
+        assert abs(r["median"] - table[r["ratio"]]) <= 0.6, (r, table[r["ratio"]])

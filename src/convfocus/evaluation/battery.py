@@ -236,6 +236,32 @@ def magnification(grader: Any, rgb: np.ndarray, factors: Sequence[float] = (0.5,
         rgb if f == 1 else resize(rgb, scale=f))), 2) for f in factors}
 
 
+#: Pixel-size ratios (slide / model) at which :func:`sharp_floor` measures the class of sharp
+#: tissue enlarged to the model's pixel size.
+FLOOR_RATIOS = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+
+
+def sharp_floor(grader: Any, sources: Sequence[HeldOut],
+                ratios: Sequence[float] = FLOOR_RATIOS) -> dict[str, Any]:
+    """The class sharp tissue grades at when a slide's pixels are ``ratio`` times the
+    model's and a scan enlarges it: each held-out source reduced to the coarser pixels
+    (area) and enlarged back (Lanczos, the scan's resize); the median over sources and
+    its range. The report's coarse-slide note quotes these (``grading.report.SHARP_FLOOR``)."""
+    from convfocus.io.images import resize
+
+    rows = []
+    for r in ratios:
+        means = []
+        for s in sources:
+            h, w = s.rgb.shape[:2]
+            small = resize(s.rgb, (max(1, round(w / r)), max(1, round(h / r))))
+            means.append(mean_class(grader, tissue_windows(resize(small, (w, h)))))
+        m = np.array([x for x in means if np.isfinite(x)])
+        rows.append({"ratio": r, "median": round(float(np.median(m)), 1),
+                     "min": round(float(m.min()), 1), "max": round(float(m.max()), 1)})
+    return {"sources": len(sources), "ratios": rows}
+
+
 # --- held-out material --------------------------------------------------------------------------
 
 
@@ -306,6 +332,7 @@ def run_battery(grader: Any, shared_data: Path | None = None, *, gates: Gates = 
     res["synthetic"] = synthetic(grader, held_out_patches(sources), gates=gates)
     res["blur_response_ihc"] = blur_response(grader, sources[0].rgb)
     res["magnification_ihc"] = magnification(grader, sources[0].rgb)
+    res["sharp_floor"] = sharp_floor(grader, sources)
     if shared_data is not None and shared_data.is_dir():
         zs = shared_data / "real-zstack" / "smear"
         if zs.is_dir():
