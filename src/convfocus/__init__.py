@@ -7,7 +7,7 @@ Inception-v3 stem trained on semi-synthetic defocus grades every 139 px window
 
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 MODEL_MPP = 0.25
 """Pixel size (µm/px) at which the classes are defined (40x)."""

@@ -223,7 +223,7 @@ def test_overlay_png_has_no_legend_of_its_own(tmp_path: Path, pyramid_tiff: Path
 def test_sharp_floor_rises_with_the_pixel_size() -> None:
     floors = [rp.sharp_floor_class(r) for r in (1, 1.5, 2, 3, 4, 6, 8, 16)]
     assert floors == sorted(floors) and floors[0] == 0 and floors[-1] <= 29
-    assert rp.sharp_floor_class(4.0) == pytest.approx(7.2)
+    assert rp.sharp_floor_class(4.0) == pytest.approx(dict(rp.SHARP_FLOOR)[4.0])
     assert rp.coarse_slide(0.3, 0.25) is None  # 1.2x: no note
     assert rp.coarse_slide(1.0, 0.25, native=True) is None  # its own pixels: no enlargement
 
@@ -237,11 +237,13 @@ def test_a_coarse_slide_says_what_its_pixels_cost(tmp_path: Path, tissue_rgb: np
     rc, stdout, _ = scan(capsys, fixture_model, out, slide)
     assert rc == 0
     c = _summary(out / "coarse")["coarse_slide"]
-    assert c["ratio"] == 4.0 and c["sharp_floor_class"] == pytest.approx(7.2)
-    assert "about class 7" in c["note"] and "--native" in c["note"]
-    assert "coarse slide:" in stdout and "about class 7" in stdout and "--native" in stdout
+    floor = dict(rp.SHARP_FLOOR)[4.0]  # the shipped model's, measured by check-model
+    assert c["ratio"] == 4.0 and c["sharp_floor_class"] == pytest.approx(floor)
+    about = f"about class {floor:.0f}"
+    assert about in c["note"] and "--native" in c["note"]
+    assert "coarse slide:" in stdout and about in stdout and "--native" in stdout
     html = (out / "coarse" / "report.html").read_text()
-    assert "Coarse slide." in html and "about class 7" in html
+    assert "Coarse slide." in html and about in html
     rc, stdout, _ = scan(capsys, fixture_model, tmp_path / "native", slide, extra=("--native",))
     assert rc == 0 and _summary(tmp_path / "native" / "coarse")["coarse_slide"] is None
     assert "coarse slide" not in stdout

@@ -62,14 +62,14 @@ COARSE_RATIO = 1.5
 
 #: ``(ratio, class)``: the mean class that sharp tissue grades at when the slide's pixels
 #: are ``ratio`` times the model's and the scan enlarges it to the model's pixel size.
-#: Measured with the shipped model (convfocus-default 0.1.0) by ``convfocus check-model``
+#: Measured with the shipped model (convfocus-default 0.2.0) by ``convfocus check-model``
 #: (``evaluation.battery.sharp_floor``, its JSON's ``sharp_floor``): the 11 held-out sharp
 #: images, each reduced to the coarser pixel size (area) and enlarged back (Lanczos, the
-#: scan's resize), the median over images (range at 4x: 6.0-8.6; at 8x: 11.2-13.9). A scan
+#: scan's resize), the median over images (range at 4x: 7.4-8.3; at 8x: 12.7-14.1). A scan
 #: cannot be sharper than its pixels, so this is the floor of the classes of such a slide.
 #: A new default model brings its own (``tests/evaluation/test_battery.py`` checks it).
-SHARP_FLOOR = ((1.0, 0.0), (1.5, 0.5), (2.0, 1.2), (3.0, 5.5), (4.0, 7.2), (6.0, 10.2),
-               (8.0, 12.8))
+SHARP_FLOOR = ((1.0, 0.0), (1.5, 1.0), (2.0, 1.3), (3.0, 5.1), (4.0, 7.8), (6.0, 10.9),
+               (8.0, 13.5))
 
 
 def sharp_floor_class(ratio: float) -> float:
