@@ -99,3 +99,18 @@ def test_forward_dense_equals_per_window(arch: str) -> None:
     assert same >= 0.995
     pd, pp = dense.softmax(-1), per.softmax(-1)
     assert (pd - pp).abs().max().item() < 0.05  # only the window edges' padding differs
+
+
+@pytest.mark.parametrize("arch", ["paper", "large", "dw16", "lite"])
+def test_the_training_layout_computes_the_same_network(arch):
+    """Training runs in channels-last where it is faster (``training_memory_format``); the
+    network it computes, and so the exported model, must not depend on the layout."""
+    from convfocus.training.model import training_memory_format
+
+    torch.manual_seed(0)
+    net = build_model(arch).eval()
+    x = torch.rand(4, 3, 139, 139)
+    ref = net(x)
+    fmt = training_memory_format(arch)
+    out = net.to(memory_format=fmt)(x.contiguous(memory_format=fmt))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)

@@ -31,7 +31,7 @@ from convfocus.io.atomic import write_atomic
 from convfocus.metrics import classification_metrics
 from convfocus.synthesis.defocus import SynthesisConfig
 from convfocus.training.dataset import WINDOW, Augment, augment, make_example, validation_set
-from convfocus.training.model import build_model
+from convfocus.training.model import build_model, training_memory_format
 from convfocus.types import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -279,11 +279,10 @@ def train(
         cfg = replace(config_from_dict(state["config"]),
                       **{k: getattr(cfg, k) for k in RESUMABLE_CHANGES})
     torch.manual_seed(cfg.seed)
-    # channels-last (NHWC) activations: oneDNN's convolutions train these networks faster
-    # per CPU-second than NCHW (bench/train_speed.py, docs/performance.md "Training");
-    # the weights and the exported model are the same
-    nhwc = torch.channels_last
-    net = build_model(cfg.arch).to(dev, memory_format=nhwc)  # type: ignore[call-overload]
+    # channels-last (NHWC) activations where oneDNN trains the network faster per
+    # CPU-second (training_memory_format); the weights and the exported model are the same
+    layout = training_memory_format(cfg.arch)
+    net = build_model(cfg.arch).to(dev, memory_format=layout)  # type: ignore[call-overload]
     opt = _optimizer(cfg, net.parameters())
     step, best = 0, None
     init_from = None if state is None else state.get("init_from")
@@ -310,7 +309,8 @@ def train(
         from convfocus.training.checkpoint import load_model
 
         teacher, teacher_spec = load_model(cfg.teacher)
-        teacher = teacher.to(dev, memory_format=nhwc).eval()  # type: ignore[call-overload]
+        teacher = teacher.to(  # type: ignore[call-overload]
+            dev, memory_format=training_memory_format(teacher_spec.arch)).eval()
         distilled_from = {"name": teacher_spec.name, "version": teacher_spec.version,
                           "arch": teacher_spec.arch,
                           "examples": teacher_spec.training.get("examples"),
@@ -346,7 +346,7 @@ def train(
             xb, yb = next(it)
             for g in opt.param_groups:
                 g["lr"] = _lr_at(cfg, step)
-            xin = to_input(xb).to(dev, memory_format=nhwc)
+            xin = to_input(xb).to(dev, memory_format=layout)
             logits = net(xin)
             loss = F.cross_entropy(logits, yb.to(dev), label_smoothing=cfg.label_smoothing)
             if teacher is not None:
