@@ -12,25 +12,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
+from scan_throughput import cpu_peak  # the one /proc/cpuinfo reader of bench/
 
 from convfocus.training.model import ARCHS, build_model
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _rate(fn, n_examples: int) -> float:
@@ -75,7 +64,7 @@ def main() -> None:
     for a in archs:
         if a not in ARCHS:
             raise SystemExit(f"unknown network {a!r}; choose from {', '.join(ARCHS)}")
-    print(f"CPU: {_cpu_model()}; torch {torch.__version__}, 1 thread; "
+    print(f"CPU: {cpu_peak(2)['model']}; torch {torch.__version__}, 1 thread; "
           f"load average {os.getloadavg()[0]:.2f}")
     x = torch.rand(args.batch, 3, 139, 139)
     y = torch.randint(0, 30, (args.batch,))

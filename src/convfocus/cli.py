@@ -378,7 +378,13 @@ def _read_battery(path: Path) -> dict:
         raise ConfigError(f"cannot read it ({e.strerror or e})", path) from None
     except ValueError:
         raise ConfigError("not a JSON file", path) from None
-    if not isinstance(res, dict) or "failed" not in res:
+    from convfocus.evaluation.battery import figures
+
+    try:
+        ok = isinstance(res, dict) and "failed" in res and bool(figures(res))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        ok = False
+    if not ok:
         raise ConfigError("not a battery result (write one with check-model --out)", path)
     return res
 

@@ -90,7 +90,9 @@ def test_check_model_exits_non_zero_exactly_when_a_required_check_fails(tmp_path
     assert code == (1 if res["failed"] else 0)
     # --against: only the figures both share, each with its verdict
     assert "worse than ref-model on: calibration spread\n" in printed
-    assert "synthetic exact" in printed and "textureless" not in printed.split("against")[1]
+    block = printed.split("against ref-model")[1].split("worse than ref-model")[0]
+    assert "synthetic exact" in block and "calibration spread" in block
+    assert "textureless" in block and "n/a" in block  # absent from the reference: no verdict
     assert set(res["failed"]) <= set(bt.REQUIRED)
     for name in res["failed"]:
         assert name in printed
@@ -114,7 +116,11 @@ def test_compare_sets_every_shared_figure_beside_the_reference():
         "z-stack, distance of the minimum from plane 0": "worse",
         "z-stack, Spearman below": "better", "z-stack, Spearman above": "worse",
         "textureless": "worse",  # the larger of its two readings: 4.49 against 3.98
-    }  # real_oof: absent from the reference, left out
+        "TCGA@Focus difference": "n/a",  # absent from the reference
+    }
+    # a figure that is not a number is never "the same"
+    nan = {**res, "zstack": {"plane_min": 0, "spearman": {"below": float("nan"), "above": 1.0}}}
+    assert {r[0]: r[3] for r in bt.compare(nan, ref)}["z-stack, Spearman below"] == "worse"
 
 
 def test_check_model_against_a_file_that_is_no_battery_says_so_in_one_line(tmp_path: Path,
@@ -122,14 +128,16 @@ def test_check_model_against_a_file_that_is_no_battery_says_so_in_one_line(tmp_p
     from convfocus.cli import main
 
     bad = tmp_path / "notes.json"
-    bad.write_text('{"hello": 1}')
-    code = main(["check-model", "--against", str(bad)])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code != 0 and len(err) == 1
-    assert str(bad) in err[0] and "not a battery result" in err[0]
-    assert "Error" not in err[0] and "Traceback" not in err[0]
+    for text in ('{"hello": 1}', '{"failed": []}', '{"failed": [], "calibration": {}}'):
+        bad.write_text(text)
+        code = main(["check-model", "--against", str(bad)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code != 0 and len(err) == 1, text
+        assert str(bad) in err[0] and "not a battery result" in err[0]
+        assert "Error" not in err[0] and "Traceback" not in err[0]
 
 
+@pytest.mark.slow
 def test_the_reports_sharp_floor_is_the_shipped_models(grader, shared_data: Path):
     """The coarse-slide note quotes ``report.SHARP_FLOOR``, measured with the shipped model:
     a new default must bring its own (``check-model``'s ``sharp_floor``)."""

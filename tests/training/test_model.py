@@ -102,15 +102,30 @@ def test_forward_dense_equals_per_window(arch: str) -> None:
 
 
 @pytest.mark.parametrize("arch", ["paper", "large", "dw16", "lite"])
-def test_the_training_layout_computes_the_same_network(arch):
+def test_channels_last_computes_the_same_network(arch):
     """Training runs in channels-last where it is faster (``training_memory_format``); the
     network it computes, and so the exported model, must not depend on the layout."""
-    from convfocus.training.model import training_memory_format
-
     torch.manual_seed(0)
     net = build_model(arch).eval()
     x = torch.rand(4, 3, 139, 139)
     ref = net(x)
-    fmt = training_memory_format(arch)
-    out = net.to(memory_format=fmt)(x.contiguous(memory_format=fmt))
+    nhwc = torch.channels_last
+    out = net.to(memory_format=nhwc)(x.contiguous(memory_format=nhwc))
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_a_network_trained_in_channels_last_saves_and_loads_as_the_same_model(tmp_path):
+    from convfocus.training.checkpoint import load_model, save_model
+    from convfocus.types import ModelSpec
+
+    torch.manual_seed(0)
+    net = build_model("dw16").to(memory_format=torch.channels_last).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    x = torch.rand(8, 3, 139, 139).contiguous(memory_format=torch.channels_last)
+    torch.nn.functional.cross_entropy(net(x), torch.randint(0, 30, (8,))).backward()
+    opt.step()
+    net.eval()
+    ref = net(x).detach()
+    save_model(tmp_path / "m", net, ModelSpec(name="m", version="0", arch="dw16"), onnx=False)
+    loaded, _ = load_model(tmp_path / "m.json")
+    torch.testing.assert_close(loaded(x.contiguous()), ref, rtol=1e-4, atol=1e-4)

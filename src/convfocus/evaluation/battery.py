@@ -257,8 +257,12 @@ def sharp_floor(grader: Any, sources: Sequence[HeldOut],
             small = resize(s.rgb, (max(1, round(w / r)), max(1, round(h / r))))
             means.append(mean_class(grader, tissue_windows(resize(small, (w, h)))))
         m = np.array([x for x in means if np.isfinite(x)])
+        if m.size == 0:  # no source has tissue windows
+            rows.append({"ratio": r, "median": None, "min": None, "max": None, "n": 0})
+            continue
         rows.append({"ratio": r, "median": round(float(np.median(m)), 1),
-                     "min": round(float(m.min()), 1), "max": round(float(m.max()), 1)})
+                     "min": round(float(m.min()), 1), "max": round(float(m.max()), 1),
+                     "n": int(m.size)})
     return {"sources": len(sources), "ratios": rows}
 
 
@@ -358,8 +362,9 @@ def figures(res: Mapping[str, Any]) -> dict[str, tuple[float, int]]:
         out["calibration spread"] = (res["calibration"]["mean_spread"], -1)
     if "sharp" in res:
         sh = res["sharp"]
-        out["sharp, worst source"] = (max(v for n, v in sh["mean_class"].items()
-                                          if n not in sh["upsampled_not_gated"]), -1)
+        out["sharp, worst source"] = (max((v for n, v in sh["mean_class"].items()
+                                           if n not in sh["upsampled_not_gated"]),
+                                          default=float("nan")), -1)
     if "zstack" in res:
         z = res["zstack"]
         out["z-stack, distance of the minimum from plane 0"] = (abs(z["plane_min"]), -1)
@@ -380,18 +385,23 @@ def figures(res: Mapping[str, Any]) -> dict[str, tuple[float, int]]:
 
 def compare(res: Mapping[str, Any], ref: Mapping[str, Any], *, tolerance: float = 1e-3
             ) -> list[tuple[str, float, float, str]]:
-    """``(figure, ours, reference, "better" | "same" | "worse")`` for every gated figure the
-    two results share; figures within ``tolerance`` of each other are the same (the battery
-    rounds to 0.01 classes and 0.001 of Spearman)."""
+    """``(figure, ours, reference, verdict)`` for every gated figure of either result:
+    ``better``, ``same`` (within ``tolerance``: the battery rounds to 0.01 classes and 0.001
+    of Spearman), ``worse``, or ``n/a`` where one side lacks the figure or it is not a
+    number (ours missing or NaN where the reference has one counts as ``worse``)."""
     ours, theirs = figures(res), figures(ref)
     rows = []
-    for name, (v, sign) in ours.items():
-        if name not in theirs:
-            continue
-        r = theirs[name][0]
-        d = sign * (v - r)
-        rows.append((name, v, r, "better" if d > tolerance else
-                     "worse" if d < -tolerance else "same"))
+    for name in list(ours) + [k for k in theirs if k not in ours]:
+        v = ours.get(name, (float("nan"), 0))[0]
+        r, sign = theirs.get(name, (float("nan"), ours.get(name, (0.0, 0))[1]))
+        if not np.isfinite(r):
+            word = "n/a"
+        elif not np.isfinite(v):
+            word = "worse"
+        else:
+            d = sign * (v - r)
+            word = "better" if d > tolerance else "worse" if d < -tolerance else "same"
+        rows.append((name, float(v), float(r), word))
     return rows
 
 
@@ -406,11 +416,10 @@ def summary_rows(res: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     if "calibration" in res:
         rows.append(("calibration spread (classes 4-24, P10-P90)",
                      f"{res['calibration']['mean_spread']:.2f} (<= 3)", verdict("calibration")))
+    fig = figures(res)
     if "sharp" in res:
-        sh = res["sharp"]
-        worst = max(v for n, v in sh["mean_class"].items() if n not in sh["upsampled_not_gated"])
-        rows.append(("sharp held-out tissue, worst source at 40x-35x", f"{worst:.2f} (<= 2)",
-                     verdict("sharp")))
+        rows.append(("sharp held-out tissue, worst source at 40x-35x",
+                     f"{fig['sharp, worst source'][0]:.2f} (<= 2)", verdict("sharp")))
     if "zstack" in res:
         z = res["zstack"]
         rows.append(("real z-stack: minimum plane, Spearman below / above",
@@ -421,9 +430,7 @@ def summary_rows(res: Mapping[str, Any]) -> list[tuple[str, str, str]]:
                      f"{100 * res['orientation']['share_within_1']:.1f} % (>= 95 %)",
                      verdict("orientation")))
     if "textureless" in res:
-        t = res["textureless"]
-        rows.append(("textureless sharp tissue",
-                     f"{max(t['mean_class_at_model_mpp'], t['mean_class_as_stored']):.2f} (<= 5)",
+        rows.append(("textureless sharp tissue", f"{fig['textureless'][0]:.2f} (<= 5)",
                      verdict("textureless")))
     if "real_oof" in res:
         rows.append(("TCGA@Focus out-of-focus minus in-focus",

@@ -30,8 +30,12 @@ def save_model(base: Path, model: ConvFocusNet, spec: ModelSpec, *, onnx: bool =
     (``base.int8.onnx``, and ``base.onnx`` when ``onnx`` is false) are removed first: they
     would not match the new weights.
     """
+    import torch
     from safetensors.torch import save_file
 
+    # NCHW whatever layout the network trained in (training_memory_format): safetensors
+    # needs contiguous tensors, and the graph is exported from the same weights
+    model = model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     make_folder(base.parent)
     stale = [int8_path(base)] + ([] if onnx else [base.with_suffix(".onnx")])
     for path in stale:

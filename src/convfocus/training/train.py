@@ -389,7 +389,7 @@ def train(
         metrics={"validation": final},
     )
     base = out / spec.name
-    save_model(base, net.cpu().to(memory_format=torch.contiguous_format), spec)
+    save_model(base, net.cpu(), spec)
     log.info("model written: %s.{safetensors,json,onnx}", base)
     return base
 
