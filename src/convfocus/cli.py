@@ -359,6 +359,7 @@ def _add_check_model(sub: argparse._SubParsersAction) -> None:
         "per window, textureless tissue, the TCGA@Focus pair and synthetic validation. "
         "Exits 1 when a required check fails; checks whose data is absent are skipped.")
     _add_model_args(p)
+    _add_precision(p)
     p.add_argument("--out", default=None, help="write every figure as JSON here")
     p.add_argument("--against", default=None, metavar="BATTERY_JSON",
                    help="also set every gated figure beside those of another model's "
@@ -398,7 +399,7 @@ def _run_check_model(args: argparse.Namespace) -> int:
 
     ref = _read_battery(Path(args.against)) if args.against else None
     grader = load_grader(args.model, device=args.device, backend=args.backend,
-                         threads=args.threads)
+                         threads=args.threads, precision=args.precision)
     res = run_battery(grader, _shared_data())
     if args.out:
         from convfocus.io.atomic import write_text_atomic

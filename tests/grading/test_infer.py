@@ -264,6 +264,29 @@ def test_quantize_writes_an_int8_graph_that_grades(random_model: Path, tmp_path:
     assert np.corrcoef(a, b)[0, 1] > 0.99
 
 
+def test_an_int8_graph_of_an_older_recipe_is_quantised_again(random_model: Path,
+                                                              tmp_path: Path) -> None:
+    """The first convolution and the classifier stay fp32 (the recipe's tag says so); an
+    int8 graph beside a model without today's tag is made again, not used."""
+    import onnx
+
+    from convfocus.grading.modelfile import QUANT_RECIPE, QUANT_RECIPE_KEY, int8_is_current
+
+    out = quantize_onnx(random_model, calibration=3)
+    model = onnx.load(str(out))
+    assert {(p.key, p.value) for p in model.metadata_props} == {(QUANT_RECIPE_KEY, QUANT_RECIPE)}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    # the first conv and the classifier take float weights straight from initializers
+    inits = {i.name for i in model.graph.initializer}
+    assert convs[0].input[1] in inits and convs[-1].input[1] in inits
+    assert not any(c.input[1] in inits for c in convs[1:-1])  # the others: dequantised
+    del model.metadata_props[:]
+    onnx.save(model, str(out))
+    assert not int8_is_current(out)
+    load_grader(random_model, precision="int8")  # quantises again beside the model
+    assert int8_is_current(out)
+
+
 def test_int8_is_quantised_in_memory_where_the_model_folder_is_read_only(
     random_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

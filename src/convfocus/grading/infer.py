@@ -393,11 +393,16 @@ def _int8_grader(
     the model, or in memory where that folder is read-only)."""
     import tempfile
 
-    from convfocus.grading.modelfile import ONNX_INPUT_RGB, int8_path, quantize_onnx
+    from convfocus.grading.modelfile import (
+        ONNX_INPUT_RGB,
+        int8_is_current,
+        int8_path,
+        quantize_onnx,
+    )
 
     path = int8_path(base)
     graph: bytes | str = str(path)
-    if not path.is_file():
+    if not (path.is_file() and int8_is_current(path)):  # absent, or an older recipe
         if not base.with_suffix(".onnx").is_file():
             raise ModelError("no ONNX graph beside the model", base.with_suffix(".onnx"))
         log.info("quantising %s to int8", base.name)
