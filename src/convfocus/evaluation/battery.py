@@ -390,10 +390,10 @@ def compare(res: Mapping[str, Any], ref: Mapping[str, Any], *, tolerance: float 
     of Spearman), ``worse``, or ``n/a`` where one side lacks the figure or it is not a
     number (ours missing or NaN where the reference has one counts as ``worse``)."""
     ours, theirs = figures(res), figures(ref)
+    nan = float("nan")
     rows = []
-    for name in list(ours) + [k for k in theirs if k not in ours]:
-        v = ours.get(name, (float("nan"), 0))[0]
-        r, sign = theirs.get(name, (float("nan"), ours.get(name, (0.0, 0))[1]))
+    for name in {**ours, **theirs}:  # ours first, then those only the reference has
+        (v, sign), r = ours.get(name, (nan, 0)), theirs.get(name, (nan, 0))[0]
         if not np.isfinite(r):
             word = "n/a"
         elif not np.isfinite(v):
