@@ -123,3 +123,37 @@ def test_read_image_missing_and_unsupported(tmp_path: Path) -> None:
     (tmp_path / "x.txt").write_text("hi")
     with pytest.raises(UnsupportedFormatError):
         read_image(tmp_path / "x.txt")
+
+
+# --- OpenCV's thread pool during a scan ----------------------------------------------------------
+
+
+def test_opencv_pool_is_off_inside_and_restored_when_the_last_thread_leaves() -> None:
+    import threading
+
+    from convfocus.io.images import opencv_single_threaded
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(3)
+    try:
+        inside, leave = threading.Event(), threading.Event()
+        seen: list[int] = []
+
+        def other() -> None:
+            with opencv_single_threaded():
+                inside.set()
+                leave.wait(10)
+                seen.append(cv2.getNumThreads())
+
+        t = threading.Thread(target=other)
+        with opencv_single_threaded():
+            assert cv2.getNumThreads() == 1
+            t.start()
+            assert inside.wait(10)
+        assert cv2.getNumThreads() == 1  # the other thread is still inside
+        leave.set()
+        t.join(10)
+        assert seen == [1]
+        assert cv2.getNumThreads() == 3
+    finally:
+        cv2.setNumThreads(before)

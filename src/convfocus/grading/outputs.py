@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -172,27 +173,35 @@ def write_outputs(
     """Write every output file of one slide into the existing ``folder``; summary.json last.
 
     ``runtime_start``: :func:`time.perf_counter` when the scan began, for ``runtime_s`` in
-    the summary (default: the time spent grading).
+    the summary (default: the time spent grading). The images are drawn and encoded in a
+    second thread (OpenCV and numpy leave the interpreter's lock) while tiles.csv is written.
     """
     from convfocus.io.atomic import write_text_atomic
-    from convfocus.io.images import png_bytes, resize, write_png
+    from convfocus.io.images import opencv_single_threaded, png_bytes, resize, write_png
 
     folder = Path(folder)
-    write_tiles(result, folder / "tiles.csv")
-    write_arrays(result, folder)
-    write_png(folder / "thumbnail.png", result.thumbnail)
-    write_png(folder / "classmap.png", classmap_rgba(result))
-    heat = heatmap_png(result)
-    write_bytes_atomic(folder / "heatmap.png", heat)
-    over = overlay_rgb(result)
-    write_bytes_atomic(folder / "overlay.png", png_bytes(over))
-    side = max(over.shape[:2])
-    if side > REPORT_OVERLAY_PX:  # the report shows it at a few hundred pixels
-        over = resize(over, scale=REPORT_OVERLAY_PX / side)
-    write_regions(result, folder / "oof_regions.geojson")
+
+    def images() -> tuple[bytes, bytes, bytes]:
+        write_png(folder / "thumbnail.png", result.thumbnail)
+        write_png(folder / "classmap.png", classmap_rgba(result))
+        heat = heatmap_png(result)
+        write_bytes_atomic(folder / "heatmap.png", heat)
+        over = overlay_rgb(result)
+        write_bytes_atomic(folder / "overlay.png", png_bytes(over))
+        side = max(over.shape[:2])
+        if side > REPORT_OVERLAY_PX:  # the report shows it at a few hundred pixels
+            over = resize(over, scale=REPORT_OVERLAY_PX / side)
+        return heat, png_bytes(over), histogram_png(result)
+
+    with opencv_single_threaded(), ThreadPoolExecutor(max_workers=1) as pool:
+        drawn = pool.submit(images)
+        write_tiles(result, folder / "tiles.csv")
+        write_arrays(result, folder)
+        write_regions(result, folder / "oof_regions.geojson")
+        heat, over_png, hist_png = drawn.result()
     runtime_s = None if runtime_start is None else time.perf_counter() - runtime_start
     summary = report.build_summary(result, runtime_s=runtime_s)
-    html = report.render_report_html(summary, overlay_png=png_bytes(over), heatmap_png=heat,
-                                     histogram_png=histogram_png(result), geojson=result.regions)
+    html = report.render_report_html(summary, overlay_png=over_png, heatmap_png=heat,
+                                     histogram_png=hist_png, geojson=result.regions)
     write_text_atomic(folder / "report.html", html)
     write_json_atomic(folder / "summary.json", summary)

@@ -31,7 +31,7 @@ from convfocus.errors import ConvFocusError, NoTissueError, OutputError
 from convfocus.grading.outputs import OUTPUT_FILES, write_outputs
 from convfocus.grading.result import SlideInfo, SlideResult
 from convfocus.grading.tiling import cut_windows
-from convfocus.io.images import resize
+from convfocus.io.images import opencv_single_threaded, resize
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +125,18 @@ def grade_slide(
     tissue (:func:`~convfocus.grading.tissue.tissue_and_ink`); a slide with no tissue to
     grade gives a result with no graded cell (its verdict: no-tissue). Raises
     :class:`~convfocus.errors.NoTissueError` when the slide is smaller than one window.
+    OpenCV's own thread pool is off meanwhile (the scan's threads use the cores).
     """
+    with opencv_single_threaded():
+        return _grade_slide(reader, grader, opts or ScanOptions(), progress)
+
+
+def _grade_slide(
+    reader: Any, grader: Any, opts: ScanOptions, progress: Callable[[int, int], None] | None
+) -> SlideResult:
     from convfocus.grading.tiling import make_grid
     from convfocus.grading.tissue import tissue_and_ink
 
-    opts = opts or ScanOptions()
     t0 = time.perf_counter()
     spec = grader.spec
     win = opts.window_px or spec.window_px
