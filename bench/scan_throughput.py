@@ -39,7 +39,7 @@ per core.
 
 Run: .venv/bin/python bench/scan_throughput.py [--size 32768x24576] [--model PATH]
      [--precision fp32|int8] [--sample 48] [--dense-blocks 8,16] [--e2e-dense]
-     [--skip-focuslitenn] [--json out.json]
+     [--skip-focuslitenn] [--all-tissue] [--json out.json]
 """
 
 from __future__ import annotations
@@ -75,10 +75,13 @@ SLIDE_VERSION = 1
 # --- the slide ----------------------------------------------------------------------------------
 
 
-def _tissue_field(width: int, height: int, seed: int) -> np.ndarray:
-    """Low-resolution tissue shape: several irregular pieces, float32 0..1 (>0.5 = tissue)."""
+def _tissue_field(width: int, height: int, seed: int, full: bool = False) -> np.ndarray:
+    """Low-resolution tissue shape: several irregular pieces, float32 0..1 (>0.5 = tissue);
+    ``full``: tissue everywhere."""
     rng = np.random.default_rng(seed)
     h, w = math.ceil(height / MASK_CELL), math.ceil(width / MASK_CELL)
+    if full:
+        return np.ones((h, w), np.float32)
     field = np.zeros((h, w), np.float32)
     n = 7
     for i in range(n):
@@ -110,8 +113,10 @@ def _levels(width: int, height: int) -> list[tuple[int, int]]:
     return dims
 
 
-def _tile_renderer(width: int, height: int, seed: int) -> Callable[[int, int, int], np.ndarray]:
-    field = _tissue_field(width, height, seed)
+def _tile_renderer(
+    width: int, height: int, seed: int, full: bool = False
+) -> Callable[[int, int, int], np.ndarray]:
+    field = _tissue_field(width, height, seed, full)
     atlases = _atlases(seed)
     rng = np.random.default_rng(seed + 1)
     # which texture each ATLAS x ATLAS block of level 0 shows: 75 % sharp, 15 % / 10 % blurred
@@ -165,14 +170,16 @@ def _tile_renderer(width: int, height: int, seed: int) -> Callable[[int, int, in
     return render
 
 
-def build_slide(path: Path, width: int, height: int, *, seed: int = 11) -> Path:
+def build_slide(path: Path, width: int, height: int, *, seed: int = 11,
+                full: bool = False) -> Path:
     """Write the benchmark slide tile by tile (pyramid in SubIFDs, as
-    :func:`convfocus.io.images.write_pyramidal_tiff` lays it out)."""
+    :func:`convfocus.io.images.write_pyramidal_tiff` lays it out); ``full``: tissue
+    everywhere, no glass."""
     import tifffile
 
     from convfocus.io.atomic import write_atomic
 
-    render = _tile_renderer(width, height, seed)
+    render = _tile_renderer(width, height, seed, full)
     dims = _levels(width, height)
     common: dict[str, Any] = {"photometric": "rgb", "compression": "jpeg",
                               "compressionargs": {"level": 80}, "resolutionunit": "CENTIMETER",
@@ -200,12 +207,12 @@ def build_slide(path: Path, width: int, height: int, *, seed: int = 11) -> Path:
     return write_atomic(path, write, parents=True)
 
 
-def cached_slide(width: int, height: int, *, rebuild: bool = False) -> Path:
-    path = CACHE / f"slide-{width}x{height}-v{SLIDE_VERSION}.tif"
+def cached_slide(width: int, height: int, *, rebuild: bool = False, full: bool = False) -> Path:
+    path = CACHE / f"slide-{width}x{height}{'-full' if full else ''}-v{SLIDE_VERSION}.tif"
     if rebuild or not path.is_file():
         t0 = time.perf_counter()
         print(f"building {path.name} ({width * height / 1e9:.2f} GP) ...", flush=True)
-        build_slide(path, width, height)
+        build_slide(path, width, height, full=full)
         print(f"  built in {time.perf_counter() - t0:.0f} s, "
               f"{path.stat().st_size / 1e6:.0f} MB", flush=True)
     return path
@@ -614,6 +621,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fma-units", type=int, default=2,
                     help="FMA units per core assumed for the peak rate (default 2)")
     ap.add_argument("--rebuild", action="store_true", help="rebuild the cached slide")
+    ap.add_argument("--all-tissue", action="store_true",
+                    help="a slide that is tissue everywhere (no glass): the worst case for "
+                         "convfocus against FocusLiteNN-1, which scores every pixel anyway")
     ap.add_argument("--skip-model-only", action="store_true")
     ap.add_argument("--skip-focuslitenn", action="store_true",
                     help="do not run FocusLiteNN-1 (it needs PyTorch and tiffslide)")
@@ -642,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
     block = args.block or ScanOptions().block
     dense_blocks = [int(v) for v in args.dense_blocks.split(",") if v.strip()]
 
-    slide = cached_slide(width, height, rebuild=args.rebuild)
+    slide = cached_slide(width, height, rebuild=args.rebuild, full=args.all_tissue)
     # the package's bytecode, as an installed wheel has it: an editable checkout run with
     # PYTHONDONTWRITEBYTECODE=1 would compile every module at each scan's start (0.15 s)
     import convfocus
