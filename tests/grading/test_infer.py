@@ -302,11 +302,27 @@ def test_int8_is_quantised_in_memory_where_the_model_folder_is_read_only(
     assert grader.predict_region(np.full((523, 523, 3), 200, np.uint8)).shape == (4, 4, 30)
 
 
+def test_int8_warns_on_a_cpu_without_vnni(caplog: pytest.LogCaptureFixture) -> None:
+    """int8 was validated with VNNI; an x86 CPU without it gets a warning, others none."""
+    from convfocus.grading.infer import _warn_int8_without_vnni
+
+    for flags, warned in (({"avx2", "fma", "avx512f"}, True),
+                          ({"avx2", "avx512f", "avx512_vnni"}, False),
+                          ({"avx2", "avx_vnni"}, False),
+                          ({"asimd", "asimddp"}, False),  # not x86
+                          (None, False)):  # no /proc/cpuinfo
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="convfocus.grading.infer"):
+            _warn_int8_without_vnni(flags)
+        assert ("no VNNI" in caplog.text) == warned, flags
+
+
 def test_int8_as_default_needs_agreement_with_fp32_trained(
     trained_model: Path, regions: np.ndarray, tmp_path: Path
 ) -> None:
     """The criterion for int8 as the scan's default: >= 99 % of windows within one class of
-    fp32 (and faster: docs/performance.md). It is not met today, so fp32 is the default."""
+    fp32 (and faster), on every CPU it may run on: validated with VNNI only, int8 stays
+    opt-in (docs/performance.md, int8)."""
     import shutil
 
     from convfocus.grading.scan import ScanOptions

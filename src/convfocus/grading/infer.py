@@ -386,6 +386,32 @@ def _windows_prepare(spec: ModelSpec):  # type: ignore[no-untyped-def]
     return prepare_windows
 
 
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (Linux), or None where it is not there."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return set(value.split())
+    except OSError:
+        pass
+    return None
+
+
+#: x86 flags of the 8-bit dot product (VNNI) that int8 was validated with
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def _warn_int8_without_vnni(flags: set[str] | None) -> None:
+    """int8 agreement was measured on a CPU with VNNI; without it ONNX Runtime's u8 x s8
+    kernels add pairs of products in 16 bits, which can saturate (docs/performance.md)."""
+    if flags is not None and "avx2" in flags and not flags & VNNI_FLAGS:
+        log.warning("this CPU has no VNNI: int8 was validated on one that has it, and its "
+                    "8-bit products may saturate here; check with `convfocus check-model "
+                    "--precision int8` or scan in fp32")
+
+
 def _int8_grader(
     base: Path, spec: ModelSpec, threads: int | None, dense: bool = False
 ) -> Grader:
@@ -400,6 +426,7 @@ def _int8_grader(
         quantize_onnx,
     )
 
+    _warn_int8_without_vnni(cpu_flags())
     path = int8_path(base)
     graph: bytes | str = str(path)
     if not (path.is_file() and int8_is_current(path)):  # absent, or an older recipe
