@@ -317,6 +317,19 @@ def test_int8_warns_on_a_cpu_without_vnni(caplog: pytest.LogCaptureFixture) -> N
         assert ("no VNNI" in caplog.text) == warned, flags
 
 
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:
+    from convfocus.grading.infer import cpu_flags
+
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\n"
+                   "flags\t\t: fpu sse2 avx2 fma avx512f avx512_vnni\n\nprocessor\t: 1\n")
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd asimddp\nCPU implementer\t: 0x41\n")
+    assert cpu_flags(x86) == {"fpu", "sse2", "avx2", "fma", "avx512f", "avx512_vnni"}
+    assert cpu_flags(arm) == {"fp", "asimd", "asimddp"}
+    assert cpu_flags(tmp_path / "absent") is None
+
+
 def test_int8_as_default_needs_agreement_with_fp32_trained(
     trained_model: Path, regions: np.ndarray, tmp_path: Path
 ) -> None:

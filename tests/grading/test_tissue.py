@@ -117,6 +117,10 @@ def test_window_tissue_fraction_is_the_share_of_tissue_pixels() -> None:
     rr, cc = np.meshgrid(np.arange(ys.size), np.arange(xs.size), indexing="ij")
     one = window_tissue_fraction(mask, 1.0, xs[cc.ravel()], ys[rr.ravel()], 30)
     assert np.array_equal(one, grid.ravel())
+    # a 0/255 uint8 mask (as OpenCV writes masks) counts nonzero as tissue, the same shares
+    as_u8 = window_tissue_fraction(mask.astype(np.uint8) * 255, 1.0, xs[None, :], ys[:, None],
+                                   30)
+    assert np.array_equal(as_u8, grid)
 
 
 def test_window_tissue_fraction_counts_partial_mask_pixels() -> None:

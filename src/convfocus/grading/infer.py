@@ -386,10 +386,11 @@ def _windows_prepare(spec: ModelSpec):  # type: ignore[no-untyped-def]
     return prepare_windows
 
 
-def cpu_flags() -> set[str] | None:
-    """The CPU's feature flags from /proc/cpuinfo (Linux), or None where it is not there."""
+def cpu_flags(path: str | os.PathLike[str] = "/proc/cpuinfo") -> set[str] | None:
+    """The CPU's feature flags (x86 ``flags``, Arm ``Features``) from /proc/cpuinfo (Linux),
+    or None where it is not there."""
     try:
-        with open("/proc/cpuinfo") as fh:
+        with open(path) as fh:
             for line in fh:
                 key, _, value = line.partition(":")
                 if key.strip() in ("flags", "Features"):
@@ -407,9 +408,9 @@ def _warn_int8_without_vnni(flags: set[str] | None) -> None:
     """int8 agreement was measured on a CPU with VNNI; without it ONNX Runtime's u8 x s8
     kernels add pairs of products in 16 bits, which can saturate (docs/performance.md)."""
     if flags is not None and "avx2" in flags and not flags & VNNI_FLAGS:
-        log.warning("this CPU has no VNNI: int8 was validated on one that has it, and its "
-                    "8-bit products may saturate here; check with `convfocus check-model "
-                    "--precision int8` or scan in fp32")
+        log.warning("this CPU has no VNNI: int8 was validated on one that has it, and here "
+                    "its sums of 8-bit products may saturate; check with `convfocus "
+                    "check-model --precision int8` or scan in fp32")
 
 
 def _int8_grader(

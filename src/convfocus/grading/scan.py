@@ -335,8 +335,9 @@ def scan_path(
                              threads=opts.threads, precision=opts.precision, dense=opts.dense)
     reader = open_slide(slide, mpp=opts.mpp, threads=opts.decode_threads)
     try:
-        result = grade_slide(reader, grader, opts, progress=progress)
-        save_outputs(result, final, runtime_start=t0)
+        with opencv_single_threaded():  # once for both (each also enters it)
+            result = grade_slide(reader, grader, opts, progress=progress)
+            save_outputs(result, final, runtime_start=t0)
     finally:
         reader.close()
     return final

@@ -279,7 +279,8 @@ def window_tissue_fraction(
 
     Parameters
     ----------
-    mask : (h, w) bool tissue mask (:func:`tissue_mask`) of the image or of a thumbnail.
+    mask : (h, w) tissue mask (:func:`tissue_mask`) of the image or of a thumbnail: bool,
+        or any dtype where nonzero is tissue.
     downsample : level-0 (or image) pixels per mask pixel, one value or ``(x, y)``; 1 for a
         mask of the image itself.
     l0_x, l0_y : top-left corners of the windows in level-0 pixels, broadcast together (pass
@@ -299,9 +300,10 @@ def window_tissue_fraction(
     y0 = np.asarray(l0_y, dtype=np.float64) / dy
     if m.size == 0:
         return np.zeros(np.broadcast_shapes(x0.shape, y0.shape))
-    # (h+1, w+1) with a zero first row and column, exact in int32 (a 2048² mask counts
-    # 4.2 M at most): 30x faster than two float64 cumsums
-    integral = cv2.integral(np.ascontiguousarray(m > 0, dtype=np.uint8), sdepth=cv2.CV_32S)
+    # (h+1, w+1) with a zero first row and column: 30x faster than two float64 cumsums;
+    # int32 is exact below 2**31 mask pixels (a thumbnail's 2048² is 4.2 M)
+    depth = cv2.CV_32S if m.size < 2**31 else cv2.CV_64F
+    integral = cv2.integral((m > 0).view(np.uint8), sdepth=depth)
     x1 = x0 + window_l0_px / dx
     y1 = y0 + window_l0_px / dy
     area = (

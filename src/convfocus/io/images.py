@@ -47,6 +47,8 @@ WHITE = 255
 # --- pixels --------------------------------------------------------------------------------------
 
 
+# OpenCV's thread count is one setting for the whole process: these mirror it (who is
+# inside opencv_single_threaded, and the count to give back when the last one leaves)
 _cv_lock = threading.Lock()
 _cv_users = 0
 _cv_threads = 0
@@ -60,7 +62,8 @@ def opencv_single_threaded() -> Iterator[None]:
     A scan spreads its work over threads of its own (readers, one ONNX Runtime session per
     core); OpenCV's pool only adds threads that wait for cores and its start-up: on 2 cores
     the tissue mask took 0.38 s instead of 0.14 s, the first region came 0.7 s later
-    (docs/performance.md, *Start-up and outputs*).
+    (docs/performance.md, *Start-up and outputs*). Other OpenCV users of the process run
+    single-threaded meanwhile too, and a ``cv2.setNumThreads`` made inside is undone.
     """
     global _cv_users, _cv_threads
     with _cv_lock:
