@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 bench: $(STAMP)
-	$(BIN)/python bench/scan_throughput.py
+	$(BIN)/python bench/scan_throughput.py --pairs 3
 
 web:
 	python3 scripts/build_web.py
