@@ -74,10 +74,20 @@ def test_a_signal_stops_every_worker_and_indexes_what_finished(
         pytest.skip(f"console script not installed beside {sys.executable}")
     out = tmp_path / "out"
     stems = sorted(p.stem for p in many_slides.glob("*.tif"))
-    proc = subprocess.Popen(
-        [str(exe), "scan", str(many_slides), "--out", str(out), "--model", str(fixture_model),
-         "--workers", str(workers), "-q"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # as from a terminal: a test run started in the background (`make test &`) inherits
+    # SIGINT ignored, which a child keeps (and convfocus leaves an ignored SIGINT ignored);
+    # a handled signal is reset to its default at exec
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            [str(exe), "scan", str(many_slides), "--out", str(out), "--model",
+             str(fixture_model), "--workers", str(workers), "-q"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     children: list[int] = []
     try:
         deadline = time.monotonic() + 200
