@@ -46,7 +46,8 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("conversion: uint8 -> float, windows cut", ("Grader.prepare (",)),
     ("thumbnail", ("get_thumbnail (",)),
     ("tissue mask and grid", ("tissue_mask (", "tissue_and_ink (", "make_grid (")),
-    ("softmax, probs and class map", ("predict_region (", "grade_slide (")),
+    ("softmax, probs and class map", ("predict_region (", "probabilities (", "store (",
+                                      "grade_slide (")),
     ("outputs: tiles.csv", ("write_tiles (",)),
     ("outputs: heat map, overlay, figures (PNG)",
      ("heatmap_png (", "overlay_png (", "histogram_png (", "render_figure (", "png_bytes (",
@@ -141,6 +142,7 @@ def stages_child(slide: Path, out: Path, dense: bool) -> dict[str, Any]:
         setattr(owner, attr, timed(name, getattr(owner, attr)))
     marks = [("start-up: interpreter and imports", time.process_time())]
     t0 = time.perf_counter()
+    scan.reuse_freed_memory()  # as scan_path does first
     grader = infer.load_grader(None, dense=dense)
     marks.append(("loading the model", time.process_time()))
     reader = readers.open_slide(slide)

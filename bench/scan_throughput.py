@@ -11,9 +11,13 @@ One run measures, on the blocks the scan grades (same grid, same regions):
 
 1. decode floor: every level-0 tile those regions touch, read and decoded once, on
    all cores (``read_region`` of single tiles, the direct tifffile + simplejpeg path);
-2. model-only, in a fresh process (its peak RSS): each region is decoded (not timed),
-   then converted and graded with ``Grader.predict_region`` (timed), as the scan grades
-   it (windows cut out and graded exactly); multiply-adds from the graph's shapes;
+2. model-only, in a fresh process: every region read and decoded first into memory (not
+   timed), then converted and graded as the scan grades them (timed): windows cut out
+   and graded exactly, through ``Grader.predict_stream`` (the model has the next region
+   before it finishes one; conversion in the calling thread meanwhile, as the scan's
+   reading threads do it), with the scan's allocator settings; multiply-adds from the
+   graph's shapes. Its peak RSS holds the decoded regions: the scan's own memory is end
+   to end's;
 3. end to end: ``convfocus scan`` in a subprocess (everything: start-up, thumbnail,
    tissue mask, reading, grading, every output file): wall time, CPU time and peak RSS
    of that process alone (``wait4``); ``--e2e-dense`` also with ``--dense``; the
@@ -325,6 +329,18 @@ def graph_macs(model: str, height: int, width: int) -> int:
     return total
 
 
+def _computed(g: Any, model: str, region: np.ndarray, nr: int, nc: int, graded: int,
+              mac_win: int, mac_region: dict[tuple[int, int], int]) -> tuple[int, int]:
+    """(windows computed, multiply-adds) for one region: the graded windows alone, or, in
+    the dense pass, every window of the region."""
+    if not g.dense:
+        return graded, graded * mac_win
+    shape = region.shape[:2]
+    if shape not in mac_region:
+        mac_region[shape] = graph_macs(model, *shape)
+    return nr * nc, mac_region[shape]
+
+
 def model_only(slide: Path, model: str, threads: int, block: int, sample_blocks: int,
                which: tuple[str, ...]) -> dict[str, Any]:
     """Grade every block's region as the scan does (``fp32``: windows cut out and graded
@@ -334,9 +350,10 @@ def model_only(slide: Path, model: str, threads: int, block: int, sample_blocks:
     With a sample, only the sample's regions are graded.
     Timed: converting the region and grading it; not timed: reading and decoding it."""
     from convfocus.grading.infer import load_grader
-    from convfocus.grading.scan import read_model_region
+    from convfocus.grading.scan import read_model_region, reuse_freed_memory
     from convfocus.io.readers import open_slide
 
+    reuse_freed_memory()  # as the scan sets its allocator
     makers = {"fp32": lambda: load_grader(model, threads=threads),
               "one_session": lambda: _one_session_grader(model, threads),
               "dense": lambda: load_grader(model, threads=threads, dense=True),
@@ -357,35 +374,52 @@ def model_only(slide: Path, model: str, threads: int, block: int, sample_blocks:
     mac_region: dict[tuple[int, int], int] = {}
     ox, oy = p["grid"].l0_origin_px
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def read(reader: Any, b: tuple[int, int, int, int]) -> np.ndarray:
+        r0, c0, nr, nc = b
+        return read_model_region(reader, ox + c0 * stride / scale, oy + r0 * stride / scale,
+                                 nc * stride + win - stride, nr * stride + win - stride, scale)
+
     with open_slide(slide) as reader:
-        for i, (r0, c0, nr, nc) in enumerate(blocks):
-            if sample and i not in sample:
+        if not sample:  # every region in memory, then graded as the scan grades them
+            regions = [read(reader, b) for b in blocks]
+            rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            g = graders[main]
+
+            def prepared() -> Iterator[tuple[int, Any]]:
+                for i, ((r0, c0, nr, nc), region) in enumerate(zip(blocks, regions)):
+                    yield i, g.prepare(region, select=p["graded"][r0 : r0 + nr,
+                                                                 c0 : c0 + nc])
+
+            t0, k0 = time.perf_counter(), _cpu()
+            for _ in g.predict_stream(prepared()):
+                pass
+            acc[main][:2] += [time.perf_counter() - t0, _cpu() - k0]
+            for (r0, c0, nr, nc), region in zip(blocks, regions):
+                n = int(p["graded"][r0 : r0 + nr, c0 : c0 + nc].sum())
+                acc[main][2:] += [n, *_computed(g, model, region, nr, nc, n, mac_win,
+                                                mac_region)]
+        for i, b in enumerate(blocks):
+            if i not in sample:
                 continue  # the sample's run: every region is graded in a run of its own
-            region = read_model_region(reader, ox + c0 * stride / scale, oy + r0 * stride / scale,
-                                       nc * stride + win - stride, nr * stride + win - stride,
-                                       scale)
+            r0, c0, nr, nc = b
+            region = read(reader, b)
             sel = p["graded"][r0 : r0 + nr, c0 : c0 + nc]
-            names = list(graders) if i in sample else [main]
-            if i in sample and len(classes[main]) % 2:
+            names = list(graders)
+            if len(classes[main]) % 2:
                 names.reverse()  # alternate the order: neither profits from warm caches
             for name in names:
                 g = graders[name]
                 t0, k0 = time.perf_counter(), _cpu()
                 prob = g.predict_region(g.prepare(region, select=sel))
-                row = np.array([time.perf_counter() - t0, _cpu() - k0, sel.sum(), 0, 0])
-                if g.dense:
-                    shape = region.shape[:2]
-                    if shape not in mac_region:
-                        mac_region[shape] = graph_macs(model, *shape)
-                    row[3:] = nr * nc, mac_region[shape]
-                else:
-                    row[3:] = sel.sum(), sel.sum() * mac_win
+                n = int(sel.sum())
+                row = np.array([time.perf_counter() - t0, _cpu() - k0, n,
+                                *_computed(g, model, region, nr, nc, n, mac_win, mac_region)])
                 acc[name] += row
-                if i in sample:
-                    if name == main:
-                        acc[f"{main}_sample"] += row
-                    classes[name].append(prob.argmax(-1)[sel])
-                    probs[name].append(prob[sel])
+                if name == main:
+                    acc[f"{main}_sample"] += row
+                classes[name].append(prob.argmax(-1)[sel])
+                probs[name].append(prob[sel])
     out: dict[str, Any] = {"block": block, "regions": len(blocks), "sample_regions": len(sample),
                            "mac_per_window_alone": mac_win,
                            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -797,7 +831,7 @@ def _print_table(res: dict[str, Any], main_grader: str) -> None:
     na = float("nan")
     rows = [("decode floor (tissue tiles, all cores)", d["mp_s"], d["mp_cpu_s"], na, na, "")]
     for k, label in ((main_grader, (f"model-only {main_grader}, windows graded exactly "
-                      "(all regions, as the scan)")),
+                      "(all regions, as the scan; RSS: all decoded regions held)")),
                      (f"{main_grader}_sample", f"model-only {main_grader}, exact (sample)"),
                      ("one_session", ("model-only fp32, exact, one session of all threads "
                       "(sample)")),
@@ -810,7 +844,8 @@ def _print_table(res: dict[str, Any], main_grader: str) -> None:
                          f"{mo[k]['gmac_cpu_s']:.1f} GMAC per CPU-s")))
     for b, db in res.get("dense_blocks", {}).items():
         x = db["dense"]
-        rows.append((f"model-only fp32, dense pass, regions of <= {b}² cells (all)", x["mp_s"],
+        rows.append(((f"model-only fp32, dense pass, regions of <= {b}² cells (all; RSS: "
+                      "all decoded regions held)"), x["mp_s"],
                      x["mp_cpu_s"], x["l0_mp_s"], db["process_peak_rss_mb"],
                      (f"{db['regions']} regions, {x['computed_windows'] / x['graded_windows']:.3f}"
                      f" windows computed per tissue window, {x['gmac_cpu_s']:.1f} GMAC per "

@@ -105,6 +105,29 @@ def test_selected_windows_only(random_model: Path, regions: np.ndarray) -> None:
         grader.prepare(regions[0], select=select[1:])
 
 
+def test_regions_streamed_to_the_sessions_grade_as_one_by_one(
+        random_model: Path, regions: np.ndarray) -> None:
+    """``predict_stream`` hands the next region over before one is finished (two sessions
+    on their own threads): each region's probabilities, in order with its key, equal
+    ``predict_region``'s bit for bit, with windows selected, at every depth, and regions
+    handed over together may be waited for in any order."""
+    two = load_grader(random_model, threads=2)
+    rng = np.random.default_rng(3)
+    selects = [rng.random((CELLS, CELLS)) < f for f in (0.3, 1.1, 0.7, 0.5)]
+    items = [(f"r{i}", two.prepare(regions[i % 3], select=sel))
+             for i, sel in enumerate(selects)]
+    ref = [two.predict_region(r) for _, r in items]
+    for depth in (1, 2, 3, 8):
+        got = list(two.predict_stream(iter(items), depth=depth))
+        assert [k for k, _ in got] == [k for k, _ in items]
+        for (_, p), q in zip(got, ref, strict=True):
+            np.testing.assert_array_equal(p, q)
+    waits = [two.submit(r) for _, r in items]
+    for i in (3, 0, 2, 1):
+        np.testing.assert_array_equal(waits[i](), ref[i])
+    assert not ref[0][~selects[0]].any()  # windows not selected come out as zeros
+
+
 def test_windows_split_over_single_threaded_sessions_grade_bit_for_bit_alike(
         random_model: Path, regions: np.ndarray) -> None:
     """Windows graded alone go to one single-threaded session per thread, a share of the

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import platform
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -411,3 +415,38 @@ def test_regions_cover_each_graded_cell_once_and_hug_the_tissue(block: int):
             count[r0 : r0 + nr, c0 : c0 + nc] += 1
         assert (count[graded] == 1).all()
         assert count.max(initial=0) <= 1
+
+
+_KEPT = """
+import os, sys
+import numpy as np
+from convfocus.grading.scan import reuse_freed_memory
+if sys.argv[1] == "set":
+    reuse_freed_memory()
+def rss():
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+a = np.ones(24 << 17)  # 24 MB, as large as a region's model input
+before = rss()
+del a
+print(before - rss())
+"""
+
+
+@pytest.mark.skipif(not (sys.platform == "linux" and platform.libc_ver()[0] == "glibc"),
+                    reason="the allocator's thresholds are glibc's")
+def test_a_scan_keeps_the_buffers_it_frees(tmp_path: Path):
+    """``reuse_freed_memory`` (every scan): a freed region-sized buffer stays with the
+    process for the next region instead of going back to the system (and coming back as
+    fresh pages); left alone without it, and where the environment sets the allocator."""
+    # a Dask nanny started in this process sets MALLOC_TRIM_THRESHOLD_ for its workers
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+
+    def returned_mb(mode: str, **env: str) -> float:
+        out = subprocess.run([sys.executable, "-c", _KEPT, mode], capture_output=True,
+                             text=True, check=True, env={**base, **env})
+        return float(out.stdout)
+
+    assert returned_mb("unset") > 20  # glibc's default: given back at once
+    assert returned_mb("set") < 4
+    assert returned_mb("set", MALLOC_TRIM_THRESHOLD_="131072") > 20

@@ -19,12 +19,16 @@ little or nothing there (docs/performance.md has the figures).
 
 from __future__ import annotations
 
+import collections
+import itertools
 import logging
 import os
+import queue
 import weakref
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -33,6 +37,8 @@ from convfocus.grading.tiling import cut_windows, window_view
 from convfocus.types import ModelSpec
 
 log = logging.getLogger(__name__)
+
+K = TypeVar("K")
 
 DEVICES = ("auto", "cpu", "cuda")
 #: ``fp32``; ``int8``: the statically quantised graph (CPU); ``fp16``: half precision (CUDA).
@@ -102,18 +108,18 @@ class Grader:
     model_sha256: str | None = None
 
     def __init__(  # type: ignore[no-untyped-def]
-        self, spec: ModelSpec, run, backend: str, device: str, *, prepare=None,
-        prepare_windows=None, run_windows=None, precision: str = "fp32", dense: bool = False,
+        self, spec: ModelSpec, submit, backend: str, device: str, *, prepare=None,
+        prepare_windows=None, precision: str = "fp32", dense: bool = False,
     ) -> None:
         self.spec = spec
-        # run: prepare(x) -> logits (N, 30, rows, cols), prepare_windows(x, select) -> logits
-        # (n, 30, 1, 1); prepare: uint8 (N, H, W, 3) -> the runtime's input (default:
-        # float32 (N, 3, H, W) normalised); prepare_windows(x, select): the same regions ->
-        # the runtime's input holding each window alone, all of them or those of one
-        # region where select (rows, cols) is True, row-major (default: cut, then
-        # ``prepare``), which run_windows (default: run) grades
-        self._run = run
-        self._run_windows = run_windows if run_windows is not None else run
+        # submit(x) -> wait, wait() -> logits: (N, 30, rows, cols) for prepare(x), (n, 30, 1,
+        # 1) for prepare_windows(x, select); the runtime starts on x at once (other threads)
+        # or before submit returns. prepare: uint8 (N, H, W, 3) -> the runtime's input
+        # (default: float32 (N, 3, H, W) normalised); prepare_windows(x, select): the same
+        # regions -> the runtime's input holding each window alone, all of them or those of
+        # one region where select (rows, cols) is True, row-major (default: cut, then
+        # ``prepare``)
+        self._submit = submit
         self._prepare = prepare if prepare is not None else self._normalise
         self._prepare_windows = prepare_windows if prepare_windows is not None else (
             self._cut_and_prepare)
@@ -163,24 +169,62 @@ class Grader:
         """Logits of every window of one or more regions: (H, W, 3) or (N, H, W, 3) uint8
         with ``H = stride * rows + (window - stride)`` (or :meth:`prepare`'s result) ->
         (N, rows, cols, 30) float32."""
+        return self._submit_logits(region)()
+
+    def _submit_logits(self, region: np.ndarray | PreparedRegion) -> Callable[[], np.ndarray]:
         prep = region if isinstance(region, PreparedRegion) else self.prepare(region)
-        if prep.select is not None:  # selected windows, graded one by one
-            z = np.asarray(self._run(prep.data)).reshape(-1, self.spec.num_classes)
-            out = np.zeros((*prep.grid, self.spec.num_classes), np.float32)
-            out[0][prep.select] = z
-            return out
-        z = np.asarray((self._run if prep.dense else self._run_windows)(prep.data))
-        if prep.dense:
-            return np.ascontiguousarray(z.transpose(0, 2, 3, 1), dtype=np.float32)
-        return np.ascontiguousarray(z.reshape(*prep.grid, -1), dtype=np.float32)
+        wait = self._submit(prep.data)
+
+        def logits() -> np.ndarray:
+            z = np.asarray(wait())
+            if prep.select is not None:  # selected windows, graded one by one
+                out = np.zeros((*prep.grid, self.spec.num_classes), np.float32)
+                out[0][prep.select] = z.reshape(-1, self.spec.num_classes)
+                return out
+            if prep.dense:
+                return np.ascontiguousarray(z.transpose(0, 2, 3, 1), dtype=np.float32)
+            return np.ascontiguousarray(z.reshape(*prep.grid, -1), dtype=np.float32)
+
+        return logits
+
+    def submit(self, region: np.ndarray | PreparedRegion) -> Callable[[], np.ndarray]:
+        """Hand a region to the runtime; the returned function waits for
+        :meth:`predict_region`'s result. Where the grader runs several sessions (the CPU,
+        windows graded alone), they start on it at once in their own threads, so regions
+        handed over one after another keep every session busy (:meth:`predict_stream`)."""
+        logits = self._submit_logits(region)
+        batched = region.batched if isinstance(region, PreparedRegion) else region.ndim == 4
+        select = region.select if isinstance(region, PreparedRegion) else None
+
+        def probabilities() -> np.ndarray:
+            p = _softmax(logits(), axis=-1)
+            if select is not None:
+                p[0][~select] = 0.0
+            return p if batched else p[0]
+
+        return probabilities
 
     def predict_region(self, region: np.ndarray | PreparedRegion) -> np.ndarray:
         """Probabilities of every window of a region: (rows, cols, 30) (or batched)."""
-        p = _softmax(self.logits_region(region), axis=-1)
-        if isinstance(region, PreparedRegion) and region.select is not None:
-            p[0][~region.select] = 0.0
-        batched = region.batched if isinstance(region, PreparedRegion) else region.ndim == 4
-        return p if batched else p[0]
+        return self.submit(region)()
+
+    def predict_stream(
+        self, regions: Iterable[tuple[K, np.ndarray | PreparedRegion]], depth: int = 2
+    ) -> Iterator[tuple[K, np.ndarray]]:
+        """:meth:`predict_region` of each ``(key, region)``, yielded in order as
+        ``(key, probabilities)``, with up to ``depth`` regions handed to the runtime at once:
+        a session that finishes its share of one region goes on with the next instead of
+        waiting for the others (on 2 cores 5-7 % of the grading time otherwise,
+        docs/performance.md). ``regions`` is drawn one ahead of the results."""
+        waiting: collections.deque[tuple[K, Callable[[], np.ndarray]]] = collections.deque()
+        for key, region in regions:
+            waiting.append((key, self.submit(region)))
+            if len(waiting) >= max(1, depth):
+                k, wait = waiting.popleft()
+                yield k, wait()
+        while waiting:
+            k, wait = waiting.popleft()
+            yield k, wait()
 
     def predict_windows(self, windows: np.ndarray, batch: int = 256) -> np.ndarray:
         """Probabilities of independent windows: (n, 139, 139, 3) uint8 -> (n, 30)."""
@@ -354,29 +398,46 @@ def _sessions(
 
 
 def _batch_runner(sessions: list[Any], input_name: str):  # type: ignore[no-untyped-def]
-    """``run(x) -> logits`` over one session, or with the batch axis of ``x`` split over
-    several sessions run at once (each image's logits do not depend on its batch: the
-    same result, bit for bit). Several single-threaded sessions grade 5-10 % more per
-    CPU-second than one session with as many threads, more on a loaded machine, where one
-    preempted thread stalls the others at every operator (docs/performance.md)."""
+    """``submit(x) -> wait``, ``wait() -> logits``: one session run at once in the calling
+    thread, or the batch axis of ``x`` split over several sessions, each share run in a
+    thread of its own as soon as a session is free (each image's logits do not depend on
+    its batch: the same result, bit for bit). Several single-threaded sessions grade 5-10 %
+    more per CPU-second than one session with as many threads, more on a loaded machine,
+    where one preempted thread stalls the others at every operator (docs/performance.md)."""
     first = sessions[0]
     if len(sessions) == 1:
-        def run_one(x: np.ndarray) -> np.ndarray:
-            return first.run(["logits"], {input_name: x})[0]
+        def submit_one(x: np.ndarray) -> Callable[[], np.ndarray]:
+            z = first.run(["logits"], {input_name: x})[0]
+            return lambda: z
 
-        return run_one
-    pool = ThreadPoolExecutor(len(sessions) - 1, thread_name_prefix="cf-onnx")
+        return submit_one
+    free: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    for s in sessions:
+        free.put(s)
+    pool = ThreadPoolExecutor(len(sessions), thread_name_prefix="cf-onnx")
 
-    def run(x: np.ndarray) -> np.ndarray:
+    def run_share(x: np.ndarray) -> np.ndarray:
+        s = free.get()  # as many threads as sessions: one is free
+        try:
+            return s.run(["logits"], {input_name: x})[0]
+        finally:
+            free.put(s)
+
+    def submit(x: np.ndarray) -> Callable[[], np.ndarray]:
         cuts = [len(x) * i // len(sessions) for i in range(len(sessions) + 1)]
-        futures = [pool.submit(s.run, ["logits"], {input_name: x[a:b]})
-                   for s, a, b in zip(sessions[1:], cuts[1:-1], cuts[2:]) if b > a]
-        parts = [first.run(["logits"], {input_name: x[: cuts[1]]})[0]] if cuts[1] else []
-        parts += [f.result()[0] for f in futures]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        futures = [pool.submit(run_share, x[a:b]) for a, b in itertools.pairwise(cuts)
+                   if b > a]
 
-    weakref.finalize(run, pool.shutdown, wait=False)
-    return run
+        def wait() -> np.ndarray:
+            parts = [f.result() for f in futures]
+            if not parts:  # an empty batch
+                return first.run(["logits"], {input_name: x})[0]
+            return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+        return wait
+
+    weakref.finalize(submit, pool.shutdown, wait=False)
+    return submit
 
 
 def _windows_prepare(spec: ModelSpec):  # type: ignore[no-untyped-def]
@@ -439,6 +500,6 @@ def _int8_grader(
         except (OSError, OutputError):  # a read-only folder
             with tempfile.TemporaryDirectory(prefix="convfocus-int8-") as tmpd:
                 graph = quantize_onnx(base, out=Path(tmpd) / path.name).read_bytes()
-    run = _batch_runner(_sessions(graph, path, "cpu", threads, dense), ONNX_INPUT_RGB)
-    return Grader(spec, run, "onnx", "cpu", prepare=_rgb_nchw_float,
+    submit = _batch_runner(_sessions(graph, path, "cpu", threads, dense), ONNX_INPUT_RGB)
+    return Grader(spec, submit, "onnx", "cpu", prepare=_rgb_nchw_float,
                   prepare_windows=_windows_prepare(spec), precision="int8", dense=dense)
