@@ -9,7 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convfocus.grading.outputs import OUTPUT_FILES, TILES_HEADER, tiles_rows, write_outputs
+from convfocus.grading.outputs import (
+    OUTPUT_FILES,
+    TILES_HEADER,
+    probability_texts,
+    tiles_rows,
+    write_outputs,
+)
 from convfocus.grading.result import SlideInfo, SlideResult
 from convfocus.synthesis.defocus import class_centre_px
 from convfocus.types import GridGeometry, ModelSpec
@@ -63,3 +69,19 @@ def test_every_output_is_written_from_the_result(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "oof_regions.geojson").read_text()) == result.regions
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["grid"] == result.grid.to_dict() and s["verdict"] == result.verdict()
+
+
+def test_probabilities_are_written_as_python_formats_them() -> None:
+    """tiles.csv's probabilities come from a table of texts: the same text as
+    ``f"{v:.4f}"`` for every value, rounding ties and values next to them included."""
+    rng = np.random.default_rng(4)
+    ties = np.array([k / 2**n for n in range(1, 16) for k in range(1, 2**n, max(1, 2**n // 7))])
+    near = np.concatenate([np.arange(0, 10001) / 10000 + d for d in (-5e-5, 5e-5)])
+    values = np.concatenate([rng.dirichlet(np.full(30, 0.3), 400).ravel(),
+                             rng.random(6000) ** 6, ties, np.clip(near, 0, 1),
+                             [0.0, 1.0, 0.5, 1e-300, 1 - 1e-16, 0.12345, 0.12355, 0.99995]])
+    p = np.resize(values, (len(values) // 30 + 1) * 30).reshape(-1, 30)
+    want = [",".join(f"{v:.4f}" for v in row) for row in p.tolist()]
+    assert probability_texts(p) == want
+    assert probability_texts(p.astype(np.float16)) == [
+        ",".join(f"{v:.4f}" for v in row) for row in p.astype(np.float16).astype(float).tolist()]
