@@ -11,7 +11,8 @@ checkpoint's run settings under the name of OUT; nothing here ships it
 (``scripts/ship_model.py`` does).
 
 Usage: python scripts/average_weights.py FIRST_CKPT SECOND_CKPT OUT [--weight 0.5]
-           [--pool runs/pool-v2] [--bn-start 0]
+           [--pool runs/pool-v2] [--bn-start 0] [--bn-batches 16]
+  (``--weight 0`` with the same checkpoint twice: only the statistics recomputed)
   e.g. git show 9e46b0d:training-runs/grader-v2-large/ckpt.pt > /tmp/ckpt3800.pt
        git show 31113c7:training-runs/grader-v2-large/ckpt.pt > /tmp/ckpt8000.pt
        python scripts/average_weights.py /tmp/ckpt3800.pt /tmp/ckpt8000.pt runs/avg/avg
@@ -40,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weight", type=float, default=0.5, help="weight of the first (0-1)")
     ap.add_argument("--pool", type=Path, default=Path("runs/pool-v2"),
                     help="patch pool whose training batches set the BatchNorm statistics")
+    ap.add_argument("--bn-batches", type=int, default=None,
+                    help="training batches for the BatchNorm statistics (default: the run's "
+                         "precise_bn_batches, 16)")
     ap.add_argument("--bn-start", type=int, default=0,
                     help="step of the synthetic stream those batches start at (another sample)")
     args = ap.parse_args(argv)
@@ -58,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     batches = iter(torch.utils.data.DataLoader(SyntheticStream(train_x, cfg, args.bn_start),
                                                batch_size=None, num_workers=0))
-    n = precise_bn(net, (next(batches)[0] for _ in range(cfg.precise_bn_batches)),
+    n = precise_bn(net, (next(batches)[0] for _ in range(args.bn_batches or cfg.precise_bn_batches)),
                    torch.device("cpu"))
     net.eval()
     spec = ModelSpec(name=args.out.name, version="0", arch=cfg.arch, mpp=MODEL_MPP,
