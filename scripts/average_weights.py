@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     batches = iter(torch.utils.data.DataLoader(SyntheticStream(train_x, cfg, args.bn_start),
                                                batch_size=None, num_workers=0))
-    n = precise_bn(net, (next(batches)[0] for _ in range(args.bn_batches or cfg.precise_bn_batches)),
+    n = precise_bn(net, (next(batches)[0] for _ in range(cfg.precise_bn_batches if args.bn_batches is None
+                                                 else args.bn_batches)),
                    torch.device("cpu"))
     net.eval()
     spec = ModelSpec(name=args.out.name, version="0", arch=cfg.arch, mpp=MODEL_MPP,

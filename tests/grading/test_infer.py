@@ -126,6 +126,8 @@ def test_regions_streamed_to_the_sessions_grade_as_one_by_one(
     for i in (3, 0, 2, 1):
         np.testing.assert_array_equal(waits[i](), ref[i])
     assert not ref[0][~selects[0]].any()  # windows not selected come out as zeros
+    empty = np.zeros((0, 3, WIN, WIN), np.float32)  # an empty batch gives empty logits
+    assert two._submit(empty)().shape[0] == 0
 
 
 def test_windows_split_over_single_threaded_sessions_grade_bit_for_bit_alike(

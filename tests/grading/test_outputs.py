@@ -83,5 +83,8 @@ def test_probabilities_are_written_as_python_formats_them() -> None:
     p = np.resize(values, (len(values) // 30 + 1) * 30).reshape(-1, 30)
     want = [",".join(f"{v:.4f}" for v in row) for row in p.tolist()]
     assert probability_texts(p) == want
+    odd = np.array([[np.nan, -0.0, 0.25, np.inf, 1.5, -0.3]])
+    with np.errstate(invalid="ignore"):
+        assert probability_texts(odd) == [",".join(f"{v:.4f}" for v in odd[0].tolist())]
     assert probability_texts(p.astype(np.float16)) == [
         ",".join(f"{v:.4f}" for v in row) for row in p.astype(np.float16).astype(float).tolist()]

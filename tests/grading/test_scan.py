@@ -450,3 +450,4 @@ def test_a_scan_keeps_the_buffers_it_frees(tmp_path: Path):
     assert returned_mb("unset") > 20  # glibc's default: given back at once
     assert returned_mb("set") < 4
     assert returned_mb("set", MALLOC_TRIM_THRESHOLD_="131072") > 20
+    assert returned_mb("set", GLIBC_TUNABLES="glibc.malloc.trim_threshold=131072") > 20

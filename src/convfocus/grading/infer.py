@@ -215,16 +215,19 @@ class Grader:
         ``(key, probabilities)``, with up to ``depth`` regions handed to the runtime at once:
         a session that finishes its share of one region goes on with the next instead of
         waiting for the others (on 2 cores 5-7 % of the grading time otherwise,
-        docs/performance.md). ``regions`` is drawn one ahead of the results."""
+        docs/performance.md). ``regions`` is drawn ``depth - 1`` ahead of the results."""
         waiting: collections.deque[tuple[K, Callable[[], np.ndarray]]] = collections.deque()
         for key, region in regions:
             waiting.append((key, self.submit(region)))
+            del region  # only the runtime's shares hold it now
             if len(waiting) >= max(1, depth):
                 k, wait = waiting.popleft()
                 yield k, wait()
+                del wait  # nor this region's input, while the next one is drawn
         while waiting:
             k, wait = waiting.popleft()
             yield k, wait()
+            del wait
 
     def predict_windows(self, windows: np.ndarray, batch: int = 256) -> np.ndarray:
         """Probabilities of independent windows: (n, 139, 139, 3) uint8 -> (n, 30)."""
@@ -426,12 +429,10 @@ def _batch_runner(sessions: list[Any], input_name: str):  # type: ignore[no-unty
     def submit(x: np.ndarray) -> Callable[[], np.ndarray]:
         cuts = [len(x) * i // len(sessions) for i in range(len(sessions) + 1)]
         futures = [pool.submit(run_share, x[a:b]) for a, b in itertools.pairwise(cuts)
-                   if b > a]
+                   if b > a] or [pool.submit(run_share, x)]  # an empty batch: one share
 
         def wait() -> np.ndarray:
             parts = [f.result() for f in futures]
-            if not parts:  # an empty batch
-                return first.run(["logits"], {input_name: x})[0]
             return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
         return wait

@@ -70,16 +70,21 @@ def tiles_rows(result: SlideResult) -> Iterator[list[Any]]:
 def probability_texts(p: np.ndarray) -> list[str]:
     """Each row of ``p`` (n, k) in [0, 1] as tiles.csv writes it: ``f"{v:.4f}"`` of each
     value, comma-separated; from a table of the 10,001 texts, in numpy (a tenth of the
-    time of formatting 30 floats a row), Python's own formatting only for a value within
-    1e-6 of a rounding tie, where multiplying by 10,000 could round it the other way."""
+    time of formatting 30 floats a row), Python's own formatting only for a row with a
+    value within 1e-6 of a rounding tie (multiplying by 10,000 could round it the other
+    way) or one the table has no text for (outside [0, 1], not a number, -0.0)."""
     x = np.asarray(p, np.float64) * 1e4
+    finite = np.isfinite(x)
+    x = np.where(finite, x, 0.0)
     q = np.rint(x).astype(np.intp)
-    near_tie = np.abs(x - np.floor(x) - 0.5) < 1e-6
+    # Python's formatting where the table cannot give its text: near a tie, outside [0, 1],
+    # not a number, -0.0
+    other = (np.abs(x - np.floor(x) - 0.5) < 1e-6) | ~finite | (q < 0) | (q > 10000) | (
+        np.signbit(x) & (q == 0))
     blob = _P_TEXT[np.clip(q, 0, 10000)].tobytes().decode("ascii")
     w = 7 * x.shape[1]
     rows = [blob[i : i + w - 1] for i in range(0, len(blob), w)]
-    for i in np.flatnonzero(near_tie.any(axis=1) | (q < 0).any(axis=1)
-                            | (q > 10000).any(axis=1)).tolist():
+    for i in np.flatnonzero(other.any(axis=1)).tolist():
         rows[i] = ",".join(f"{v:.4f}" for v in np.asarray(p[i], np.float64).tolist())
     return rows
 

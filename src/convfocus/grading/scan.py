@@ -360,8 +360,9 @@ def scan_path(
 
 
 #: glibc's allocator settings during scans: buffers up to this size come from its heaps
-#: (its default: 128 KB to 32 MB, adjusted as blocks are freed) ...
-REUSE_MMAP_THRESHOLD = 64 << 20
+#: (its default: 128 KB to 32 MB, adjusted as blocks are freed; 32 MB is the most glibc
+#: before 2.35 accepts) ...
+REUSE_MMAP_THRESHOLD = 32 << 20
 #: ... and up to this much freed memory stays with the process (default 128 KB to 64 MB)
 REUSE_TRIM_THRESHOLD = 256 << 20
 _reuse_set: list[bool] = []
@@ -377,12 +378,14 @@ def reuse_freed_memory() -> None:
     when freed and come back as fresh pages, each one faulted in and zeroed: 180,000 page
     faults in a scan of the 0.8-gigapixel benchmark slide, 100,000 with this, and half the
     system time (docs/performance.md). The process keeps up to ``REUSE_TRIM_THRESHOLD``
-    more memory afterwards.
+    more memory afterwards. Called first thing in a scan, before its threads start
+    (glibc's ``mallopt`` is not meant to race with other threads' allocations).
     """
     if _reuse_set or sys.platform != "linux":
         return
     _reuse_set.append(True)
-    if {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} & set(os.environ):
+    if {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} & set(os.environ) or (
+            "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")):
         return
     import ctypes
     import platform
@@ -391,13 +394,12 @@ def reuse_freed_memory() -> None:
         return
     try:
         libc = ctypes.CDLL(None)
-        # M_MMAP_THRESHOLD (-3), M_TRIM_THRESHOLD (-1): 1 where accepted
-        ok = libc.mallopt(-3, REUSE_MMAP_THRESHOLD) == 1 and libc.mallopt(
-            -1, REUSE_TRIM_THRESHOLD) == 1
+        # M_MMAP_THRESHOLD (-3), M_TRIM_THRESHOLD (-1): each 1 where accepted
+        ok = [libc.mallopt(-3, REUSE_MMAP_THRESHOLD), libc.mallopt(-1, REUSE_TRIM_THRESHOLD)]
     except (OSError, AttributeError):
-        ok = False
-    if not ok:
-        log.debug("the allocator's thresholds could not be set")
+        ok = [0, 0]
+    if ok != [1, 1]:
+        log.debug("the allocator's thresholds were not all set (%s)", ok)
 
 
 def save_outputs(
