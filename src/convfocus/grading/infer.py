@@ -169,9 +169,11 @@ class Grader:
         """Logits of every window of one or more regions: (H, W, 3) or (N, H, W, 3) uint8
         with ``H = stride * rows + (window - stride)`` (or :meth:`prepare`'s result) ->
         (N, rows, cols, 30) float32."""
-        return self._submit_logits(region)()
+        return self._submit_logits(region)[1]()
 
-    def _submit_logits(self, region: np.ndarray | PreparedRegion) -> Callable[[], np.ndarray]:
+    def _submit_logits(
+        self, region: np.ndarray | PreparedRegion
+    ) -> tuple[PreparedRegion, Callable[[], np.ndarray]]:
         prep = region if isinstance(region, PreparedRegion) else self.prepare(region)
         wait = self._submit(prep.data)
 
@@ -185,22 +187,20 @@ class Grader:
                 return np.ascontiguousarray(z.transpose(0, 2, 3, 1), dtype=np.float32)
             return np.ascontiguousarray(z.reshape(*prep.grid, -1), dtype=np.float32)
 
-        return logits
+        return prep, logits
 
     def submit(self, region: np.ndarray | PreparedRegion) -> Callable[[], np.ndarray]:
         """Hand a region to the runtime; the returned function waits for
         :meth:`predict_region`'s result. Where the grader runs several sessions (the CPU,
         windows graded alone), they start on it at once in their own threads, so regions
         handed over one after another keep every session busy (:meth:`predict_stream`)."""
-        logits = self._submit_logits(region)
-        batched = region.batched if isinstance(region, PreparedRegion) else region.ndim == 4
-        select = region.select if isinstance(region, PreparedRegion) else None
+        prep, logits = self._submit_logits(region)
 
         def probabilities() -> np.ndarray:
             p = _softmax(logits(), axis=-1)
-            if select is not None:
-                p[0][~select] = 0.0
-            return p if batched else p[0]
+            if prep.select is not None:
+                p[0][~prep.select] = 0.0
+            return p if prep.batched else p[0]
 
         return probabilities
 

@@ -15,6 +15,7 @@ bounded queue), and the model has the next region before it finishes the current
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -365,9 +366,9 @@ def scan_path(
 REUSE_MMAP_THRESHOLD = 32 << 20
 #: ... and up to this much freed memory stays with the process (default 128 KB to 64 MB)
 REUSE_TRIM_THRESHOLD = 256 << 20
-_reuse_set: list[bool] = []
 
 
+@functools.cache  # once per process
 def reuse_freed_memory() -> None:
     """Keep the buffers a scan frees for its next regions (glibc's ``mallopt``; once per
     process; nothing on other C libraries, nor where the ``MALLOC_MMAP_THRESHOLD_`` or
@@ -381,9 +382,8 @@ def reuse_freed_memory() -> None:
     more memory afterwards. Called first thing in a scan, before its threads start
     (glibc's ``mallopt`` is not meant to race with other threads' allocations).
     """
-    if _reuse_set or sys.platform != "linux":
+    if sys.platform != "linux":
         return
-    _reuse_set.append(True)
     if {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} & set(os.environ) or (
             "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")):
         return
